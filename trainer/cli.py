@@ -1,0 +1,96 @@
+"""`trainer` console script.
+
+    trainer --learning_rate 3e-5 ...      one training run (the image entrypoint, every Katib trial)
+    trainer check PATH...                 offline check of Katib Experiments
+    trainer search EXPERIMENT.yaml        run an Experiment locally with Optuna
+    trainer bench                         where a trial's time goes
+    trainer katib submit|status|trials|best   drive Katib on a cluster
+
+Each subcommand is a plain function (or class) handed to python-fire; it returns None (fire
+would print anything else) and ends with SystemExit(code) when the exit status must say more.
+User mistakes raise config.UsageError: one line on stderr, exit 2. The training command's
+signature is generated from config.FLAGS, so --help lists every flag with its default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+
+from trainer.config import FLAGS, UsageError, help_text, unknown_flag_message
+
+SUBCOMMANDS = {
+    "check": "trainer.check:check",
+    "search": "trainer.search:search",
+    "bench": "trainer.bench:bench",
+    "katib": "trainer.katib:Katib",
+}
+
+HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def flag_names(argv: list[str]) -> list[str]:
+    """Names of the --flags in argv, normalised as fire does (dashes -> underscores, --noX -> X)."""
+    names = []
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+            name = name[2:]
+        names.append(name)
+    return names
+
+
+def train_command(**flags):
+    from trainer.config import build_config
+
+    config = build_config(flags)
+    from trainer.train import run
+
+    run(config)
+
+
+train_command.__signature__ = inspect.Signature(
+    [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for name, f in FLAGS.items()]
+)
+train_command.__doc__ = help_text()
+
+
+def load(target: str):
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            command, rest = load(SUBCOMMANDS[argv[0]]), argv[1:]
+            fire.Fire(command, command=rest, name=f"trainer {argv[0]}")
+        else:
+            for name in flag_names(argv):
+                if name not in FLAGS and name not in HELP_FLAGS:
+                    fail(unknown_flag_message(name))
+            if argv and not argv[0].startswith("-"):
+                fail(f"unknown command {argv[0]!r}; commands: {', '.join(SUBCOMMANDS)}, "
+                     "or --flags to train (trainer --help)")
+            fire.Fire(train_command, command=argv, name="trainer")
+    except UsageError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Every trainer flag, its default and meaning, the presets, and value validation.
+
+This module is the one source of truth for flag names: the CLI, `trainer check` and
+`trainer search` all read FLAGS from here. It imports nothing heavy, so `trainer --help`
+stays fast; the optimizer/scheduler lists are read from transformers only when validating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class UsageError(Exception):
+    """A mistake the user can fix: printed as one line, exit status 2, no traceback."""
+
+
+def _flag(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("TRAINER_CACHE_DIR") or str(Path.home() / ".cache" / "trainer")
+
+
+@dataclass
+class TrainConfig:
+    # optimisation
+    optim: str = _flag("adamw_torch", "optimizer name from transformers' OptimizerNames")
+    learning_rate: float = _flag(5e-5, "peak learning rate (> 0)")
+    per_device_train_batch_size: int = _flag(8, "training examples per device per step")
+    per_device_eval_batch_size: int = _flag(32, "evaluation examples per generate() batch")
+    gradient_accumulation_steps: int = _flag(1, "steps to accumulate before each optimizer update")
+    num_train_epochs: float = _flag(20, "training epochs (evaluation and checkpoint after each)")
+    warmup_ratio: float = _flag(0.0, "fraction of steps for learning-rate warmup, in [0, 1)")
+    lr_scheduler_type: str = _flag("linear", "learning-rate schedule from transformers' SchedulerType")
+    weight_decay: float = _flag(0.01, "AdamW weight decay (>= 0)")
+    label_smoothing_factor: float = _flag(0.0, "label smoothing, in [0, 1)")
+    max_grad_norm: float = _flag(1.0, "gradient clipping norm (0 disables)")
+    fp16: bool = _flag(False, "fp16 mixed precision on CUDA (warning and fp32 elsewhere)")
+    bf16: bool = _flag(False, "bf16 mixed precision where supported (warning and fp32 elsewhere)")
+    early_stopping_patience: int = _flag(3, "stop after this many evaluations without a better rouge_avg (0 = never)")
+    seed: int = _flag(42, "random seed for model init, data order and dropout")
+    # model and data
+    model_name_or_path: str = _flag("gogamza/kobart-base-v2", "hub id, local directory, or builtin:tiny")
+    train_file: str = _flag("data/train.csv", "training data: CSV, JSONL, or builtin:sample")
+    eval_file: str = _flag("data/dev.csv", "evaluation data: CSV, JSONL, or builtin:sample (held-out part)")
+    dataset: str = _flag("", "a datasets name or saved path with train/validation splits (instead of the files)")
+    dialogue_column: str = _flag("dialogue", "column holding the dialogue")
+    summary_column: str = _flag("summary", "column holding the reference summary (SUMMARY1.. columns add references)")
+    encoder_max_len: int = _flag(512, "dialogue tokens kept (truncated beyond), at most the model's positions")
+    decoder_max_len: int = _flag(100, "summary tokens kept as labels")
+    max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
+    max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
+    # generation (evaluation)
+    num_beams: int = _flag(4, "beam size for generate() at evaluation")
+    no_repeat_ngram_size: int = _flag(2, "forbid repeating n-grams of this size in generated summaries (0 = off)")
+    generation_max_length: int = _flag(100, "longest generated summary, in tokens")
+    length_penalty: float = _flag(1.0, "beam-search length penalty (> 1 favours longer summaries)")
+    # run
+    output_dir: str = _flag("outputs/run", "checkpoints, metrics.jsonl, metrics.json, predictions.csv")
+    cache_dir: str = _flag(default_cache_dir(), "tokenized-data and built-in model cache (env TRAINER_CACHE_DIR)")
+    resume: bool = _flag(True, "resume from the last checkpoint in output_dir when there is one")
+    save_total_limit: int = _flag(2, "checkpoints kept in output_dir (the best is always kept)")
+    logging_steps: int = _flag(50, "optimizer steps between training-loss log lines")
+    report_to: str = _flag("none", "none or wandb (offline when WANDB_API_KEY is unset)")
+    preset: str = _flag("", "quick, balanced, best, or a YAML file of flags; explicit flags win")
+
+
+FLAGS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
+
+# The tuning guide's three recommended settings.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(learning_rate=5e-5, per_device_train_batch_size=32, num_train_epochs=10,
+                  warmup_ratio=0.1, fp16=True),
+    "balanced": dict(learning_rate=3e-5, per_device_train_batch_size=16, num_train_epochs=20,
+                     warmup_ratio=0.1, gradient_accumulation_steps=2,
+                     lr_scheduler_type="cosine", fp16=True),
+    "best": dict(learning_rate=2e-5, per_device_train_batch_size=8, num_train_epochs=30,
+                 warmup_ratio=0.15, gradient_accumulation_steps=4,
+                 lr_scheduler_type="cosine_with_restarts", fp16=True, early_stopping_patience=5),
+}
+
+REPORT_TO = ("none", "wandb")
+
+
+def closest_flag(name: str) -> str | None:
+    match = difflib.get_close_matches(name, FLAGS, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_flag_message(name: str) -> str:
+    suggestion = closest_flag(name)
+    hint = f"; did you mean --{suggestion}?" if suggestion else "; run `trainer --help` for the list"
+    return f"unknown flag --{name}{hint}"
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a CLI/YAML value into the flag's declared type, or raise UsageError."""
+    if name not in FLAGS:
+        raise UsageError(unknown_flag_message(name))
+    kind = FLAGS[name].type
+    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(kind, kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes"):
+            return True
+        if text in ("false", "0", "no"):
+            return False
+        raise UsageError(f"--{name}={value!r} is not a boolean; use true or false")
+    if kind is int:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not number.is_integer():
+            raise UsageError(f"--{name}={value!r} is not an integer")
+        return int(number)
+    if kind is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{name}={value!r} is not a number") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise UsageError(f"--{name}={value!r} is not a finite number")
+        return number
+    return "" if value is None else str(value)
+
+
+def load_preset(preset: str) -> dict[str, Any]:
+    """A named preset, or a YAML file mapping flag names to values (as `trainer search` writes)."""
+    if not preset:
+        return {}
+    if preset in PRESETS:
+        return dict(PRESETS[preset])
+    path = Path(preset)
+    if not path.is_file():
+        raise UsageError(f"--preset={preset!r} is neither one of {', '.join(PRESETS)} nor a YAML file")
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"--preset {preset}: cannot read YAML ({error.__class__.__name__})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--preset {preset}: expected a mapping of flag: value")
+    if "preset" in values:
+        raise UsageError(f"--preset {preset}: a preset file cannot name another preset")
+    return values
+
+
+def build_config(flags: dict[str, Any], check_names: bool = True) -> TrainConfig:
+    """Defaults, then the preset, then the explicit flags; coerced and validated."""
+    preset = coerce("preset", flags.get("preset", ""))
+    merged = {**load_preset(preset), **flags}
+    values = {name: coerce(name, value) for name, value in merged.items()}
+    config = TrainConfig(**values)
+    validate(config, check_names=check_names)
+    return config
+
+
+def optimizer_names() -> list[str]:
+    from transformers.training_args import OptimizerNames
+
+    return [o.value for o in OptimizerNames]
+
+
+def scheduler_names() -> list[str]:
+    from transformers.trainer_utils import SchedulerType
+
+    return [s.value for s in SchedulerType]
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def validate(config: TrainConfig, check_names: bool = True) -> None:
+    """Value checks that need no files; raises UsageError naming the flag and what is allowed.
+
+    check_names=False skips the optimizer/scheduler lookups, which import transformers.
+    """
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(message)
+
+    c = config
+    require(c.learning_rate > 0, f"--learning_rate={c.learning_rate} must be > 0")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                 "gradient_accumulation_steps", "num_beams", "encoder_max_len",
+                 "decoder_max_len", "generation_max_length", "logging_steps", "save_total_limit"):
+        require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)} must be >= 1")
+    require(c.num_train_epochs > 0, f"--num_train_epochs={c.num_train_epochs} must be > 0")
+    require(0 <= c.warmup_ratio < 1, f"--warmup_ratio={c.warmup_ratio} must be in [0, 1)")
+    require(0 <= c.label_smoothing_factor < 1,
+            f"--label_smoothing_factor={c.label_smoothing_factor} must be in [0, 1)")
+    for name in ("weight_decay", "max_grad_norm", "early_stopping_patience",
+                 "max_train_samples", "max_eval_samples", "no_repeat_ngram_size"):
+        require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)} must be >= 0")
+    require(not (c.fp16 and c.bf16), "--fp16 and --bf16 cannot both be true; pick one")
+    require(c.report_to in REPORT_TO, f"--report_to={c.report_to!r} is not one of: {', '.join(REPORT_TO)}")
+    require(bool(c.output_dir), "--output_dir must not be empty")
+    require(bool(c.model_name_or_path), "--model_name_or_path must not be empty")
+    require(bool(c.dataset) or (bool(c.train_file) and bool(c.eval_file)),
+            "give --train_file and --eval_file, or --dataset")
+    if check_names:
+        optimizers = optimizer_names()
+        require(c.optim in optimizers,
+                f"--optim={c.optim!r} is not an optimizer in transformers {_transformers_version()}; "
+                f"choose one of: {', '.join(optimizers)}")
+        schedulers = scheduler_names()
+        require(c.lr_scheduler_type in schedulers,
+                f"--lr_scheduler_type={c.lr_scheduler_type!r} is not a scheduler in transformers "
+                f"{_transformers_version()}; choose one of: {', '.join(schedulers)}")
+
+
+def help_text() -> str:
+    """The Args section of the training command's docstring, which fire turns into --help."""
+    lines = ["Fine-tune a seq2seq summarizer and print Korean ROUGE after every epoch.", "", "Args:"]
+    lines += [f"    {name}: {f.metadata['help']}" for name, f in FLAGS.items()]
+    return "\n".join(lines) + "\n"

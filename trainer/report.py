@@ -1,0 +1,68 @@
+"""The metric line: the one format the trainer prints and Katib (or `trainer search`) reads.
+
+    2026-11-28T03:20:00Z epoch=2 rouge1=0.5120 rouge2=0.3011 rougeL=0.4550 rouge_avg=0.4227 eval_loss=1.9301
+
+Katib's StdOut collector takes the timestamp only from a first space-separated token that is
+RFC3339, and name=value pairs through its default filter regex (below). `parse_line` applies
+the same two rules, so the local search reads exactly what Katib would.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from datetime import datetime, timezone
+
+# Katib v1beta1 StdOut collector default metrics filter.
+KATIB_DEFAULT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+
+# What every evaluation reports, in print order. rouge_avg is the objective.
+METRIC_NAMES = ("rouge1", "rouge2", "rougeL", "rouge_avg", "eval_loss")
+OBJECTIVE = "rouge_avg"
+
+
+class NonFiniteMetric(Exception):
+    """A metric is nan/inf: Katib would record an empty value, so the trial must fail instead."""
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_metric_line(metrics: dict[str, float], epoch: float, now: datetime | None = None) -> str:
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteMetric(f"metric {name} is {value} at epoch {epoch:g}")
+    pairs = [f"epoch={epoch:g}"] + [f"{name}={metrics[name]:.4f}" for name in metrics]
+    return " ".join([utc_timestamp(now), *pairs])
+
+
+def emit(line: str) -> None:
+    """Print on a fresh line and flush, so no progress output can glue itself to it."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_timestamp(token: str) -> datetime | None:
+    """RFC3339 (what Go's time.Parse(time.RFC3339Nano) accepts), else None."""
+    if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", token):
+        return None
+    try:
+        return datetime.fromisoformat(token.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def parse_line(line: str, metric_names, filters=(KATIB_DEFAULT_FILTER,)):
+    """(timestamp or None, [(name, value_text), ...]) for the wanted metric names, as Katib reads them."""
+    first, _, rest = line.partition(" ")
+    timestamp = parse_timestamp(first) if rest else None
+    found = []
+    for pattern in filters:
+        for match in re.finditer(pattern, line):
+            name, value = match.group(1).strip(), match.group(2).strip()
+            if name in metric_names:
+                found.append((name, value))
+    return timestamp, found
