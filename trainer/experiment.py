@@ -1,0 +1,397 @@
+"""Katib v1beta1 Experiment YAML -> a plain typed spec, and what a trial of it would run.
+
+The Experiment file is the one place a search space is written. `trainer check` validates it
+offline, `trainer search` runs it locally; both read it through `load_experiments`.
+
+Parsing is lenient on purpose: fields keep the values as written (Katib wants strings for
+feasibleSpace min/max/step/list, but a user may write numbers) so that `trainer check` can
+report every problem instead of stopping at the first. The helpers below (`trial_args`,
+`grid_points`, `metric_filters`) raise UsageError when the spec is too broken to use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import UsageError
+from trainer.report import KATIB_DEFAULT_FILTER
+
+KIND = "Experiment"
+API_GROUP = "kubeflow.org/"
+
+PARAM_REF = re.compile(r"\$\{trialParameters\.(.+?)\}")
+# Katib's meta references: ${trialSpec.Name}, ${trialSpec.Labels[key]}, ...
+META_REF = re.compile(r"^\$\{trialSpec\.(.+)\}$")
+META_KEYS = ("Name", "Namespace", "Kind", "APIVersion", "Labels", "Annotations")
+
+# Katib's defaults where a field is omitted (set by its mutating webhook).
+DEFAULT_PARALLEL_TRIAL_COUNT = 3
+DEFAULT_COLLECTOR = "StdOut"
+
+
+@dataclass
+class Objective:
+    type: str = ""
+    objective_metric_name: str = ""
+    goal: Any = None
+    additional_metric_names: list[str] = field(default_factory=list)
+    metric_strategies: dict[str, str] = field(default_factory=dict)  # metric name -> min|max|latest
+
+
+@dataclass
+class Algorithm:
+    name: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)  # algorithmSettings name -> value
+
+
+@dataclass
+class Parameter:
+    name: str
+    parameter_type: str = ""  # int | double | categorical | discrete
+    min: Any = None  # as written; Katib wants strings ("1e-5")
+    max: Any = None
+    step: Any = None
+    list: list[Any] | None = None
+    distribution: str = ""  # "" (uniform) | uniform | logUniform | normal | logNormal
+    feasible_space: dict = field(default_factory=dict)  # the raw mapping
+
+
+@dataclass
+class TrialParameter:
+    name: str
+    reference: str = ""
+    description: str = ""
+
+
+@dataclass
+class TrialTemplate:
+    primary_container_name: str = ""
+    trial_parameters: list[TrialParameter] | None = None
+    success_condition: str = ""
+    failure_condition: str = ""
+    trial_spec: dict | None = None
+    config_map: dict | None = None
+
+
+@dataclass
+class MetricsCollector:
+    kind: str = DEFAULT_COLLECTOR
+    metrics_format: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    name: str
+    namespace: str
+    source: str  # file path, or "<stdin>"
+    objective: Objective | None
+    algorithm: Algorithm | None
+    early_stopping: Algorithm | None
+    parameters: list[Parameter]
+    max_trial_count: Any
+    parallel_trial_count: Any
+    max_failed_trial_count: Any
+    resume_policy: str
+    metrics_collector: MetricsCollector
+    trial_template: TrialTemplate | None
+    raw: dict  # the whole document, for checks that need more
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_experiments(paths=(), text: str | None = None) -> list[Experiment]:
+    """Every Experiment in the given files/folders (or in `text`, read as "<stdin>").
+
+    Folders are searched recursively for *.yaml/*.yml; documents of other kinds are ignored.
+    """
+    experiments = []
+    if text is not None:
+        experiments += parse_documents(text, "<stdin>")
+    for path in paths:
+        for file in yaml_files(Path(path)):
+            try:
+                content = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise UsageError(f"{file}: cannot read ({error.__class__.__name__}: {error})") from None
+            experiments += parse_documents(content, str(file))
+    return experiments
+
+
+def yaml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    if path.is_file():
+        return [path]
+    raise UsageError(f"{path}: no such file or folder")
+
+
+def parse_documents(text: str, source: str) -> list[Experiment]:
+    import yaml
+
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or error.__class__.__name__
+        raise UsageError(f"{source}: not valid YAML{where}: {problem}") from None
+    return [
+        parse_experiment(doc, source)
+        for doc in documents
+        if isinstance(doc, dict) and doc.get("kind") == KIND and str(doc.get("apiVersion", "")).startswith(API_GROUP)
+    ]
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _settings(items) -> dict[str, Any]:
+    return {str(s.get("name", "")): s.get("value") for s in _items(items) if isinstance(s, dict)}
+
+
+def parse_experiment(doc: dict, source: str) -> Experiment:
+    meta, spec = _mapping(doc.get("metadata")), _mapping(doc.get("spec"))
+    return Experiment(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "")),
+        source=source,
+        objective=_objective(spec["objective"]) if isinstance(spec.get("objective"), dict) else None,
+        algorithm=_algorithm(spec["algorithm"]) if isinstance(spec.get("algorithm"), dict) else None,
+        early_stopping=_algorithm(spec["earlyStopping"]) if isinstance(spec.get("earlyStopping"), dict) else None,
+        parameters=[_parameter(p) for p in _items(spec.get("parameters")) if isinstance(p, dict)],
+        max_trial_count=spec.get("maxTrialCount"),
+        parallel_trial_count=spec.get("parallelTrialCount"),
+        max_failed_trial_count=spec.get("maxFailedTrialCount"),
+        resume_policy=str(spec.get("resumePolicy", "") or ""),
+        metrics_collector=_collector(_mapping(spec.get("metricsCollectorSpec"))),
+        trial_template=_template(spec["trialTemplate"]) if isinstance(spec.get("trialTemplate"), dict) else None,
+        raw=doc,
+    )
+
+
+def _objective(o: dict) -> Objective:
+    strategies = {
+        str(s.get("name", "")): str(s.get("value", ""))
+        for s in _items(o.get("metricStrategies"))
+        if isinstance(s, dict)
+    }
+    return Objective(
+        type=str(o.get("type", "") or ""),
+        objective_metric_name=str(o.get("objectiveMetricName", "") or ""),
+        goal=o.get("goal"),
+        additional_metric_names=[str(n) for n in _items(o.get("additionalMetricNames"))],
+        metric_strategies=strategies,
+    )
+
+
+def _algorithm(a: dict) -> Algorithm:
+    return Algorithm(name=str(a.get("algorithmName", "") or ""), settings=_settings(a.get("algorithmSettings")))
+
+
+def _parameter(p: dict) -> Parameter:
+    space = _mapping(p.get("feasibleSpace"))
+    values = space.get("list")
+    return Parameter(
+        name=str(p.get("name", "") or ""),
+        parameter_type=str(p.get("parameterType", "") or ""),
+        min=space.get("min"),
+        max=space.get("max"),
+        step=space.get("step"),
+        list=list(values) if isinstance(values, list) else None,
+        distribution=str(space.get("distribution", "") or ""),
+        feasible_space=space,
+    )
+
+
+def _collector(m: dict) -> MetricsCollector:
+    source = _mapping(m.get("source"))
+    formats = _mapping(source.get("filter")).get("metricsFormat")
+    kind = _mapping(m.get("collector")).get("kind") or DEFAULT_COLLECTOR
+    return MetricsCollector(kind=str(kind), metrics_format=[str(f) for f in _items(formats)], source=source)
+
+
+def _template(t: dict) -> TrialTemplate:
+    params = t.get("trialParameters")
+    return TrialTemplate(
+        primary_container_name=str(t.get("primaryContainerName", "") or ""),
+        trial_parameters=None if params is None else [
+            TrialParameter(
+                name=str(p.get("name", "") or ""),
+                reference=str(p.get("reference", "") or ""),
+                description=str(p.get("description", "") or ""),
+            )
+            for p in _items(params)
+            if isinstance(p, dict)
+        ],
+        success_condition=str(t.get("successCondition", "") or ""),
+        failure_condition=str(t.get("failureCondition", "") or ""),
+        trial_spec=t.get("trialSpec") if isinstance(t.get("trialSpec"), dict) else None,
+        config_map=t.get("configMap") if isinstance(t.get("configMap"), dict) else None,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def is_batch_job(spec: dict | None) -> bool:
+    return isinstance(spec, dict) and spec.get("apiVersion") == "batch/v1" and spec.get("kind") == "Job"
+
+
+def containers(experiment: Experiment) -> list[dict]:
+    """The containers of the trial Job's pod template ([] when there is no Job-shaped trialSpec)."""
+    template = experiment.trial_template
+    spec = template.trial_spec if template else None
+    pod = _mapping(_mapping(_mapping(_mapping(spec).get("spec")).get("template")).get("spec"))
+    return [c for c in _items(pod.get("containers")) if isinstance(c, dict)]
+
+
+def primary_container(experiment: Experiment) -> dict | None:
+    name = experiment.trial_template.primary_container_name if experiment.trial_template else ""
+    return next((c for c in containers(experiment) if c.get("name") == name), None)
+
+
+def template_argv(experiment: Experiment) -> list[str]:
+    """The primary container's command + args, unsubstituted, as Katib's collector joins them."""
+    container = primary_container(experiment)
+    if container is None:
+        raise UsageError(f"{experiment.source}: {experiment.name}: trialTemplate has no primary container "
+                         f"named {experiment.trial_template.primary_container_name if experiment.trial_template else ''!r}")
+    command, args = container.get("command"), container.get("args")
+    return [str(a) for a in _items(command)] + [str(a) for a in _items(args)]
+
+
+def meta_key(reference: str) -> str | None:
+    """'Name' for '${trialSpec.Name}', 'Labels' for '${trialSpec.Labels[x]}'; None if not a meta key."""
+    match = META_REF.match(reference)
+    if not match:
+        return None
+    key = match.group(1)
+    sub = re.fullmatch(r"(.+)\[(.+)\]", key)
+    key = sub.group(1) if sub else key
+    return key if key in META_KEYS else None
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as Katib writes it into the trial (Python str(), booleans lower-case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def meta_value(experiment: Experiment, reference: str, trial_name: str) -> str:
+    key = META_REF.match(reference).group(1)
+    spec = _mapping(experiment.trial_template.trial_spec)
+    sub = re.fullmatch(r"(Labels|Annotations)\[(.+)\]", key)
+    if sub:
+        return str(_mapping(_mapping(spec.get("metadata")).get(sub.group(1).lower())).get(sub.group(2), ""))
+    return {
+        "Name": trial_name,
+        "Namespace": experiment.namespace or "default",
+        "Kind": str(spec.get("kind", "")),
+        "APIVersion": str(spec.get("apiVersion", "")),
+    }.get(key, "")
+
+
+def trial_args(experiment: Experiment, assignment: dict[str, Any], trial_name: str) -> list[str]:
+    """The argv a trial pod would run: command + args with every ${trialParameters.x} replaced.
+
+    `assignment` maps Experiment parameter names to values; meta references such as
+    ${trialSpec.Name} get `trial_name` (Name), the namespace, kind, ... as Katib fills them.
+    """
+    argv = template_argv(experiment)
+    values = {}
+    for tp in experiment.trial_template.trial_parameters or []:
+        if meta_key(tp.reference):
+            values[tp.name] = meta_value(experiment, tp.reference, trial_name)
+        elif tp.reference in assignment:
+            values[tp.name] = format_value(assignment[tp.reference])
+        else:
+            raise UsageError(f"{experiment.source}: {experiment.name}: no value for parameter "
+                             f"{tp.reference!r} (trialParameter {tp.name})")
+
+    def substitute(match: re.Match) -> str:
+        if match.group(1) not in values:
+            raise UsageError(f"{experiment.source}: {experiment.name}: {match.group(0)} is not declared in "
+                             "trialTemplate.trialParameters")
+        return values[match.group(1)]
+
+    return [PARAM_REF.sub(substitute, arg) for arg in argv]
+
+
+def parse_flags(argv: list[str]) -> dict[str, str]:
+    """{flag: value} from `--flag=value` / bare `--flag` (true) arguments; other tokens are skipped."""
+    flags = {}
+    for token in argv:
+        if token.startswith("--"):
+            name, sep, value = token[2:].partition("=")
+            flags[name.replace("-", "_")] = value if sep else "true"
+    return flags
+
+
+def grid_axis(parameter: Parameter) -> list[str]:
+    """The values Katib's grid visits for one parameter, as the strings a trial receives.
+
+    Mirrors Katib's suggestion service: int -> range(min, max + 1, step or 1); double ->
+    np.arange(min, max + step, step) minus a last value above max (float noise such as
+    0.15000000000000002 is kept, as Katib keeps it); categorical/discrete -> the list.
+    """
+    kind = parameter.parameter_type
+    if kind in ("categorical", "discrete"):
+        if not parameter.list:
+            raise UsageError(f"parameter {parameter.name}: {kind} needs a non-empty feasibleSpace.list")
+        return [str(v) for v in parameter.list]
+    try:
+        low, high = float(parameter.min), float(parameter.max)
+        step = float(parameter.step) if parameter.step not in (None, "") else None
+    except (TypeError, ValueError):
+        raise UsageError(f"parameter {parameter.name}: feasibleSpace min/max/step must be numbers") from None
+    if kind == "int":
+        try:
+            values = range(int(str(parameter.min)), int(str(parameter.max)) + 1, int(str(parameter.step or 1)))
+        except ValueError:
+            raise UsageError(f"parameter {parameter.name}: int min/max/step must be whole numbers") from None
+        return [str(v) for v in values]
+    if kind == "double":
+        if step is None or step <= 0:
+            raise UsageError(f"parameter {parameter.name}: a double grid axis needs a step > 0 "
+                             "(better: write the values as a discrete list)")
+        import numpy as np
+
+        values = np.arange(low, high + step, step)
+        if len(values) and values[-1] > high:
+            values = values[:-1]
+        return [str(v) for v in values]
+    raise UsageError(f"parameter {parameter.name}: unknown parameterType {kind!r}")
+
+
+def grid_points(experiment: Experiment) -> list[dict[str, str]]:
+    """Every combination Katib's grid would visit ({parameter name: value string}), in product order.
+
+    Katib's Optuna GridSampler visits them in its own order; the set is the same.
+    """
+    axes = {p.name: grid_axis(p) for p in experiment.parameters}
+    names = list(axes)
+    return [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
+
+
+def metric_filters(experiment: Experiment) -> list[str]:
+    """The regexes Katib's collector applies to each stdout line (its default when none is set)."""
+    return list(experiment.metrics_collector.metrics_format) or [KATIB_DEFAULT_FILTER]
+
+
+def metric_names(experiment: Experiment) -> list[str]:
+    """Objective first, then the additional metrics."""
+    if experiment.objective is None:
+        return []
+    return [experiment.objective.objective_metric_name, *experiment.objective.additional_metric_names]
