@@ -1,0 +1,34 @@
+# The trainer image: `docker run IMAGE --learning_rate 3e-5 ...` trains once; every Katib
+# trial runs it. torch comes from the base image (pyproject asks torch>=2.6; pip keeps 2.8.0).
+FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
+
+# HF_HOME and TRAINER_CACHE_DIR live under /cache: mount a volume there (a ReadWriteMany
+# PVC on Kubernetes) so parallel trials download the model and tokenize the data once.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/cache/huggingface \
+    TRAINER_CACHE_DIR=/cache/trainer \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml alone: this layer is rebuilt only when the
+# dependency list changes, not on every source edit.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY trainer/ trainer/
+RUN pip install --no-cache-dir --no-deps . \
+    && useradd --uid 10001 --user-group --create-home trainer \
+    && mkdir -p /cache /output \
+    && chown trainer:trainer /cache /output
+
+# Numeric, so Kubernetes' runAsNonRoot can verify it (the manifests use the same 10001).
+USER 10001:10001
+
+# /bin/sh stays in the image: Katib's metrics collector wraps the command in `sh -c`.
+ENTRYPOINT ["trainer"]
