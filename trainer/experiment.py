@@ -385,6 +385,21 @@ def grid_points(experiment: Experiment) -> list[dict[str, str]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
 
 
+def trial_job(experiment: Experiment) -> dict:
+    """The trialSpec as a standalone object named after the Experiment, for tools that do not
+    look inside custom resources (kubernetes-validate, checkov). Placeholders stay unsubstituted."""
+    import copy
+
+    spec = copy.deepcopy(experiment.trial_template.trial_spec if experiment.trial_template else None)
+    if not isinstance(spec, dict):
+        raise UsageError(f"{experiment.source}: {experiment.name}: no trialTemplate.trialSpec")
+    meta = spec.setdefault("metadata", {})
+    meta["name"] = f"{experiment.name}-trial"
+    if experiment.namespace:
+        meta["namespace"] = experiment.namespace
+    return spec
+
+
 def metric_filters(experiment: Experiment) -> list[str]:
     """The regexes Katib's collector applies to each stdout line (its default when none is set)."""
     return list(experiment.metrics_collector.metrics_format) or [KATIB_DEFAULT_FILTER]
