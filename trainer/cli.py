@@ -14,6 +14,7 @@ signature is generated from config.FLAGS, so --help lists every flag with its de
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
@@ -74,22 +75,28 @@ def main(argv: list[str] | None = None) -> None:
     import fire
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # fire writes help to stderr; `trainer --help | less` should work.
+    help_to_stdout = contextlib.redirect_stderr(sys.stdout) if {"-h", "--help"} & set(argv) else contextlib.nullcontext()
     try:
-        if argv and argv[0] in SUBCOMMANDS:
-            command, rest = load(SUBCOMMANDS[argv[0]]), argv[1:]
-            fire.Fire(command, command=rest, name=f"trainer {argv[0]}")
-        else:
-            for name in flag_names(argv):
-                if name not in FLAGS and name not in HELP_FLAGS:
-                    fail(unknown_flag_message(name))
-            if argv and not argv[0].startswith("-"):
-                fail(f"unknown command {argv[0]!r}; commands: {', '.join(SUBCOMMANDS)}, "
-                     "or --flags to train (trainer --help)")
-            fire.Fire(train_command, command=argv, name="trainer")
+        with help_to_stdout:
+            dispatch(fire, argv)
     except UsageError as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+
+
+def dispatch(fire, argv: list[str]) -> None:
+    if argv and argv[0] in SUBCOMMANDS:
+        fire.Fire(load(SUBCOMMANDS[argv[0]]), command=argv[1:], name=f"trainer {argv[0]}")
+        return
+    for name in flag_names(argv):
+        if name not in FLAGS and name not in HELP_FLAGS:
+            fail(unknown_flag_message(name))
+    if argv and not argv[0].startswith("-"):
+        fail(f"unknown command {argv[0]!r}; commands: {', '.join(SUBCOMMANDS)}, "
+             "or --flags to train (trainer --help)")
+    fire.Fire(train_command, command=argv, name="trainer")
 
 
 if __name__ == "__main__":

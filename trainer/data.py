@@ -1,0 +1,189 @@
+"""Data: read the splits, find the #Tag# tokens, tokenize (cached on disk).
+
+Tokenization follows KoBART's needs: its fast tokenizer adds no <s>/</s>, so they are added
+here; token_type_ids are never produced (BART's forward rejects them); labels are padded with
+-100 by the collator at batch time (dynamic padding, nothing padded here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import builtin
+from trainer.config import TrainConfig, UsageError
+
+TAG_PATTERN = re.compile(r"#\w+#")
+CACHE_FORMAT = "tokenized-v1"
+
+
+@dataclass
+class Split:
+    ids: list[str]
+    dialogues: list[str]
+    references: list[list[str]]  # first column is the training label; all are ROUGE references
+    source: str
+
+
+def resolve_data_path(path: str, split: str, cache_dir: str) -> Path:
+    if path == builtin.SAMPLE:
+        return builtin.sample_csv(split, cache_dir)
+    return Path(path)
+
+
+def read_table(path: Path, flag: str):
+    import pandas as pd
+
+    if not path.is_file():
+        raise UsageError(f"--{flag}: no such file {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False).fillna("").astype(str)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        raise UsageError(f"--{flag}: cannot read {str(path)!r}: {first_line}") from None
+    raise UsageError(f"--{flag}: {str(path)!r} is not .csv, .jsonl or .json (or use --dataset)")
+
+
+def reference_columns(columns, summary_column: str) -> list[str]:
+    """The summary column, then numbered extras (summary1, summary2, ...) as further references."""
+    numbered = sorted((c for c in columns if re.fullmatch(re.escape(summary_column) + r"\d+", c)),
+                      key=lambda c: int(c[len(summary_column):]))
+    return ([summary_column] if summary_column in columns else []) + numbered
+
+
+def to_split(frame, config: TrainConfig, flag: str, source: str, limit: int) -> Split:
+    columns = list(frame.columns)
+    refs = reference_columns(columns, config.summary_column)
+    missing = [c for c in (config.dialogue_column,) if c not in columns]
+    if not refs:
+        missing.append(config.summary_column)
+    if missing:
+        raise UsageError(f"--{flag} {source}: missing column(s) {', '.join(missing)}; "
+                         f"columns are: {', '.join(columns)} (see --dialogue_column/--summary_column)")
+    if limit:
+        frame = frame.iloc[:limit]
+    if len(frame) == 0:
+        raise UsageError(f"--{flag} {source}: no examples")
+    ids = list(frame["fname"]) if "fname" in columns else [str(i) for i in range(len(frame))]
+    references = [[r for r in row if r.strip()] for row in frame[refs].astype(str).values.tolist()]
+    if not any(references):
+        raise UsageError(f"--{flag} {source}: every {config.summary_column} is empty")
+    return Split(ids=[str(i) for i in ids], dialogues=list(frame[config.dialogue_column].astype(str)),
+                 references=references, source=source)
+
+
+def load_frames(config: TrainConfig):
+    """(train_frame, eval_frame, train_source, eval_source) from --dataset or the two files."""
+    if config.dataset:
+        return load_dataset_frames(config.dataset)
+    frames = []
+    for flag, path, split in (("train_file", config.train_file, "train"), ("eval_file", config.eval_file, "dev")):
+        resolved = resolve_data_path(path, split, config.cache_dir)
+        frames.append((read_table(resolved, flag), str(resolved)))
+    (train, train_source), (evaluation, eval_source) = frames
+    return train, evaluation, train_source, eval_source
+
+
+def load_dataset_frames(name: str):
+    import datasets
+
+    try:
+        if Path(name).is_dir() and (Path(name) / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(name)
+        else:
+            loaded = datasets.load_dataset(name)
+    except Exception as error:  # datasets raises many types for "not found / unreachable"
+        raise UsageError(f"--dataset {name!r}: cannot load ({error.__class__.__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    eval_split = next((s for s in ("validation", "dev", "test") if s in loaded), None)
+    if "train" not in loaded or eval_split is None:
+        raise UsageError(f"--dataset {name!r}: needs a train split and a validation/dev/test split; "
+                         f"has: {', '.join(loaded)}")
+    return (loaded["train"].to_pandas().fillna("").astype(str), loaded[eval_split].to_pandas().fillna("").astype(str),
+            f"{name}[train]", f"{name}[{eval_split}]")
+
+
+def load_splits(config: TrainConfig) -> tuple[Split, Split]:
+    train_frame, eval_frame, train_source, eval_source = load_frames(config)
+    train = to_split(train_frame, config, "train_file", train_source, config.max_train_samples)
+    evaluation = to_split(eval_frame, config, "eval_file", eval_source, config.max_eval_samples)
+    return train, evaluation
+
+
+def find_tags(*splits: Split) -> list[str]:
+    """Speaker and masking tags (#Person1#, #PhoneNumber#, ...) that occur in the data."""
+    found = set()
+    for split in splits:
+        for text in split.dialogues:
+            found.update(TAG_PATTERN.findall(text))
+        for refs in split.references:
+            for text in refs:
+                found.update(TAG_PATTERN.findall(text))
+    return sorted(found)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    return hashlib.sha256(state.encode("utf-8")).hexdigest()
+
+
+def cache_key(split: Split, tokenizer, config: TrainConfig) -> str:
+    digest = hashlib.sha256()
+    payload = [CACHE_FORMAT, tokenizer_fingerprint(tokenizer), config.encoder_max_len, config.decoder_max_len,
+               split.dialogues, [refs[0] if refs else "" for refs in split.references]]
+    digest.update(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def encode(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """<s> text </s>, truncated so the whole fits in max_len."""
+    pieces = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len - 2,
+                       return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+    return [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in pieces]
+
+
+def tokenize_split(split: Split, tokenizer, config: TrainConfig):
+    import datasets
+
+    input_ids = encode(tokenizer, split.dialogues, config.encoder_max_len)
+    labels = encode(tokenizer, [refs[0] if refs else "" for refs in split.references], config.decoder_max_len)
+    return datasets.Dataset.from_dict({
+        "input_ids": input_ids,
+        "attention_mask": [[1] * len(ids) for ids in input_ids],
+        "labels": labels,
+    })
+
+
+def tokenized(split: Split, tokenizer, config: TrainConfig):
+    """The tokenized split from the shared cache, or tokenized now and stored there.
+
+    The directory is written beside its final name and renamed, so parallel trials sharing
+    the cache volume never read a half-written entry.
+    """
+    import datasets
+
+    target = Path(config.cache_dir) / "tokenized" / cache_key(split, tokenizer, config)
+    if target.is_dir():
+        return datasets.load_from_disk(str(target)), True
+    dataset = tokenize_split(split, tokenizer, config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        os.rename(staging, target)
+    except OSError:
+        if not target.is_dir():  # not a lost race: a real write problem
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return datasets.load_from_disk(str(target)), False

@@ -1,0 +1,307 @@
+"""One training run: validated config -> data -> model -> Seq2SeqTrainer -> metric lines.
+
+Every evaluation prints one timestamped metric line (report.py) and appends the same record
+to metrics.jsonl; the run ends with metrics.json and predictions.csv in output_dir. SIGTERM
+(a pod being evicted) saves a checkpoint through transformers' JIT checkpointing and exits
+143; the same command again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from trainer import report
+from trainer.config import TrainConfig, UsageError
+from trainer.data import Split, find_tags, load_splits, tokenized
+from trainer.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
+from trainer.rouge import check_references, clean_prediction, korean_rouge
+
+EXIT_DIVERGED = 1
+EXIT_SIGTERM = 143
+BEST_MODEL_DIR = "best_model"
+
+
+class TrainingDiverged(Exception):
+    """A non-finite loss or metric: the trial must fail, never report nan."""
+
+
+def warn(message: str) -> None:
+    print(f"trainer: warning: {message}", file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_warning()
+    if not sys.stdout.isatty():
+        logging.disable_progress_bar()
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def resolve_precision(config: TrainConfig) -> tuple[bool, bool]:
+    """(fp16, bf16) this machine can honour. Without CUDA a GPU search space still runs, in fp32."""
+    import torch
+
+    fp16, bf16 = config.fp16, config.bf16
+    if fp16 and not torch.cuda.is_available():
+        warn("--fp16 needs CUDA; training in fp32 on the CPU")
+        fp16 = False
+    if bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        warn("--bf16 needs a CUDA device with bf16 support; training in fp32")
+        bf16 = False
+    return fp16, bf16
+
+
+def setup_wandb(config: TrainConfig) -> None:
+    """Run name = trial name (the output_dir's last part, /output/<trial> on Katib); group = experiment."""
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+    trial = Path(config.output_dir).resolve().name
+    os.environ.setdefault("WANDB_NAME", trial)
+    experiment = os.environ.get("KATIB_EXPERIMENT_NAME") or trial.rsplit("-", 1)[0]
+    os.environ.setdefault("WANDB_RUN_GROUP", experiment)
+    os.environ.setdefault("WANDB_DIR", config.output_dir)
+    os.environ.setdefault("WANDB_PROJECT", "korean-dialogue-summarization")
+
+
+def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments(
+        output_dir=config.output_dir,
+        optim=config.optim,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_train_epochs,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        label_smoothing_factor=config.label_smoothing_factor,
+        max_grad_norm=config.max_grad_norm,
+        fp16=fp16,
+        bf16=bf16,
+        seed=config.seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=report.OBJECTIVE,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a nan loss must be seen, not averaged away
+        predict_with_generate=True,
+        generation_max_length=config.generation_max_length,
+        generation_num_beams=config.num_beams,
+        report_to=["wandb"] if config.report_to == "wandb" else [],
+        disable_tqdm=not sys.stdout.isatty(),
+        enable_jit_checkpoint=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+class Evaluation:
+    """compute_metrics for the Trainer, keeping the last predictions for predictions.csv."""
+
+    def __init__(self, tokenizer, split: Split):
+        self.tokenizer = tokenizer
+        self.split = split
+        self.predictions: list[str] = []
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        import numpy as np
+
+        ids = np.asarray(eval_prediction.predictions)
+        ids = np.where(ids < 0, self.tokenizer.pad_token_id, ids)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
+        self.predictions = [clean_prediction(t) for t in texts]
+        return korean_rouge(self.predictions, self.split.references)
+
+
+def make_callbacks(config: TrainConfig, metrics_path: Path):
+    from transformers import TrainerCallback
+
+    class MetricLine(TrainerCallback):
+        """One metric line per evaluation on stdout, and the same record in metrics.jsonl."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            values = {name: metrics.get(name if name == "eval_loss" else f"eval_{name}", math.nan)
+                      for name in report.METRIC_NAMES}
+            epoch = round(state.epoch or 0.0, 2)
+            try:
+                line = report.format_metric_line(values, epoch)
+            except report.NonFiniteMetric as error:
+                raise TrainingDiverged(str(error)) from None
+            report.emit(line)
+            record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
+            with metrics_path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+
+    class LossLine(TrainerCallback):
+        """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"training loss is {loss} at step {state.global_step} "
+                                       "(try a lower --learning_rate or --max_grad_norm)")
+            lr = logs.get("learning_rate", 0.0)
+            report.emit(f"{report.utc_timestamp()} step {state.global_step} epoch {state.epoch:.2f} "
+                        f"loss {loss:.4f} lr {lr:.3g}")
+
+    callbacks = [MetricLine(), LossLine()]
+    if config.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return callbacks
+
+
+def watch_sigterm() -> dict:
+    """Note that SIGTERM came, then let the handler installed before (transformers' JIT
+    checkpointing) do its work."""
+    seen = {"sigterm": False}
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        seen["sigterm"] = True
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    return seen
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(output_dir).is_dir():
+        return None
+    found = get_last_checkpoint(output_dir)
+    if found and (Path(found) / "checkpoint-is-incomplete.txt").exists():
+        warn(f"ignoring incomplete checkpoint {found}")
+        return None
+    return found
+
+
+def read_records(metrics_path: Path) -> list[dict]:
+    if not metrics_path.is_file():
+        return []
+    return [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_predictions(path: Path, split: Split, predictions: list[str]) -> None:
+    width = max(len(refs) for refs in split.references)
+    names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "prediction", *names])
+        for ident, prediction, refs in zip(split.ids, predictions, split.references):
+            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs))])
+
+
+def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
+    summary = {
+        "status": "completed",
+        "objective": report.OBJECTIVE,
+        "best": max(records, key=lambda r: r[report.OBJECTIVE]) if records else None,
+        "final": records[-1] if records else None,
+        "evaluations": len(records),
+        "runtime_s": round(runtime, 1),
+        "hyperparameters": dataclasses.asdict(config),
+        **extra,
+    }
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def prepare(config: TrainConfig):
+    """Everything that can fail on user input, before any model weights are loaded."""
+    train_split, eval_split = load_splits(config)
+    try:
+        check_references(eval_split.references)
+    except ValueError as error:
+        raise UsageError(f"--eval_file {eval_split.source}: {error}") from None
+    model_path = resolve_model_path(config)
+    model_config = load_model_config(model_path)
+    check_lengths(config, model_config)
+    return train_split, eval_split, model_path, model_config
+
+
+def run(config: TrainConfig) -> None:
+    started = time.time()
+    quiet_libraries()
+    train_split, eval_split, model_path, model_config = prepare(config)
+    if config.report_to == "wandb":
+        setup_wandb(config)
+
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, set_seed
+
+    tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split))
+    train_dataset, _ = tokenized(train_split, tokenizer, config)
+    eval_dataset, _ = tokenized(eval_split, tokenizer, config)
+    fp16, bf16 = resolve_precision(config)
+    set_seed(config.seed)
+    model = load_model(model_path, tokenizer, model_config)
+    generation = model.generation_config
+    generation.num_beams = config.num_beams
+    generation.no_repeat_ngram_size = config.no_repeat_ngram_size
+    generation.length_penalty = config.length_penalty
+    generation.max_length = config.generation_max_length
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / "metrics.jsonl"
+    resume_from = last_checkpoint(config.output_dir) if config.resume else None
+    if resume_from:
+        print(f"trainer: resuming from {resume_from}", file=sys.stderr, flush=True)
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run: earlier records would mix two runs
+
+    evaluation = Evaluation(tokenizer, eval_split)
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_arguments(config, fp16, bf16),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        compute_metrics=evaluation,
+        callbacks=make_callbacks(config, metrics_path),
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
+    seen = watch_sigterm()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except TrainingDiverged as error:
+        print(f"trainer: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_DIVERGED) from None
+    if seen["sigterm"]:
+        print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
+              f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SIGTERM)
+
+    trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
+    if evaluation.predictions:
+        write_predictions(output_dir / "predictions.csv", eval_split, evaluation.predictions)
+    write_summary(output_dir / "metrics.json", config, read_records(metrics_path), time.time() - started,
+                  {"model": model_path, "train_examples": len(train_split.ids),
+                   "eval_examples": len(eval_split.ids), "best_model_dir": str(output_dir / BEST_MODEL_DIR)})
