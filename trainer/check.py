@@ -38,6 +38,8 @@ ALGORITHMS = ("random", "tpe", "multivariate-tpe", "grid", "cmaes", "sobol", "hy
 NAS_ALGORITHMS = ("enas", "darts")
 EARLY_STOPPING = ("medianstop",)
 LOWER_IS_BETTER = {"eval_loss"}
+# Larger grids get their values checked one axis at a time, not every combination.
+FULL_GRID_CHECK_LIMIT = 512
 # Katib joins command and args with spaces into `sh -c` without quoting.
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
@@ -649,7 +651,8 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
             by_param.setdefault(reference, []).append(name)
         if not used:
             static.append(name)
-    base = {p.name: sample_values(e, p)[0] for p in e.parameters if sample_values(e, p)}
+    # Any value does for parameters whose flags are not being checked; "0" when none is usable.
+    base = {p.name: (sample_values(e, p) or ["0"])[0] for p in e.parameters}
     field = "spec.trialTemplate.trialSpec.args"
     static_error = trainer_error(e, base, static)
     if static_error:
@@ -662,8 +665,9 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
             if message and message not in seen:
                 seen.add(message)
                 report.problem(f"spec.parameters[{p.name}]", f"value {value!r} is rejected by the trainer: {message}")
-    if not static_error and not seen and e.algorithm and e.algorithm.name == "grid":
-        for point in safe_grid(e):
+    points = safe_grid(e) if e.algorithm and e.algorithm.name == "grid" else []
+    if not static_error and not seen and len(points) <= FULL_GRID_CHECK_LIMIT:
+        for point in points:
             message = trainer_error(e, point, list(flag_args))
             if message and message not in seen:
                 seen.add(message)
