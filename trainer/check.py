@@ -116,7 +116,11 @@ def check(*paths, stdin: bool = False) -> None:
     """Check Katib Experiments (files, folders, or rendered kustomize output on stdin: `-` or no path)."""
     names = [str(p) for p in paths]
     files = [p for p in names if p != "-"]
-    text = sys.stdin.read() if stdin or not files or "-" in names else None
+    read_stdin = stdin or not files or "-" in names
+    if read_stdin and not (stdin or "-" in names) and sys.stdin.isatty():
+        raise UsageError("give Experiment files or folders, or pipe rendered YAML: kubectl kustomize . | "
+                         "trainer check -")
+    text = sys.stdin.read() if read_stdin else None
     experiments = ex.load_experiments(files, text=text)
     if not experiments:
         where = ", ".join(files + (["<stdin>"] if text is not None else []))
@@ -607,33 +611,26 @@ def check_trial_command(e: ex.Experiment, report: Report) -> None:
         report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
                                            "(command: [trainer]; a launcher defeats early stopping)")
         return
-    flag_args = check_arguments(argv[1:], f"{field}.args", report)
-    if flag_args is not None:
-        check_values(e, flag_args, report)
+    check_values(e, check_arguments(argv[1:], f"{field}.args", report), report)
 
 
-def check_arguments(args: list[str], field: str, report: Report) -> dict[str, str] | None:
-    """{flag: template value} of `--flag=value` arguments, or None if any argument is unusable."""
-    flags, usable = {}, True
+def check_arguments(args: list[str], field: str, report: Report) -> dict[str, str]:
+    """{flag: argument} of the usable `--flag=value` arguments; the others are reported."""
+    flags = {}
     for arg in args:
+        name = arg[2:].partition("=")[0].replace("-", "_")
         if shell_problem(arg):
             report.problem(field, f"{arg!r} contains {shell_problem(arg)} (Katib joins command and args "
                                   "unquoted into sh -c); write one --flag=value per argument")
-            usable = False
-            continue
-        if not arg.startswith("--"):
+        elif not arg.startswith("--"):
             report.problem(field, f"{arg!r} is not a --flag=value argument")
-            usable = False
-            continue
-        name = arg[2:].partition("=")[0].replace("-", "_")
-        if name not in FLAGS:
+        elif name not in FLAGS:
             report.problem(field, f"{arg!r}: {unknown_flag_message(name)}")
-            usable = False
         elif name in flags:
             report.problem(field, f"--{name} is given twice")
-            usable = False
-        flags[name] = arg
-    return flags if usable else None
+        else:
+            flags[name] = arg
+    return flags
 
 
 def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) -> None:
