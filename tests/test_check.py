@@ -391,6 +391,12 @@ def test_trial_args_substitutes_parameters_and_meta_keys():
         ex.trial_args(e, {k: v for k, v in values.items() if k != "optim"}, "t")
 
 
+def test_with_flags_replaces_and_appends():
+    argv = ["trainer", "--train_file=/data/train.csv", "--fp16=true", "--output_dir=/output/t"]
+    assert ex.with_flags(argv, {"train_file": "builtin:sample", "max_train_samples": 8}) == [
+        "trainer", "--fp16=true", "--output_dir=/output/t", "--train_file=builtin:sample", "--max_train_samples=8"]
+
+
 def test_grid_points_match_katib():
     [grid] = ex.load_experiments([EXPERIMENTS / "grid.yaml"])
     points = ex.grid_points(grid)

@@ -62,15 +62,13 @@ def _int_at_least(minimum):
     return ok, f"an integer >= {minimum}"
 
 
-def _float_between(low, high, low_open=True, high_open=True):
+def _float_between(low, high=None):
     def ok(value: str) -> bool:
         try:
             number = float(value)
         except ValueError:
             return False
-        above = number > low if low_open else number >= low
-        below = high is None or (number < high if high_open else number <= high)
-        return above and below and math.isfinite(number)
+        return math.isfinite(number) and number > low and (high is None or number < high)
 
     return ok, f"a number in ({low}, {high if high is not None else 'inf'})"
 
@@ -79,7 +77,7 @@ def _float_between(low, high, low_open=True, high_open=True):
 ALGORITHM_SETTINGS = {
     "random": {"random_state": _int_at_least(0)},
     "grid": {"random_state": _int_at_least(0)},
-    "tpe": {"gamma": _float_between(0, 1), "prior_weight": _float_between(0, None),
+    "tpe": {"gamma": _float_between(0, 1), "prior_weight": _float_between(0),
             "n_EI_candidates": _int_at_least(1), "random_state": _int_at_least(0)},
     "multivariate-tpe": {"n_startup_trials": _int_at_least(0), "n_ei_candidates": _int_at_least(0),
                          "random_state": _int_at_least(0)},

@@ -339,6 +339,13 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
     return flags
 
 
+def with_flags(argv: list[str], overrides: dict[str, Any]) -> list[str]:
+    """argv with each overridden --flag replaced (or appended), e.g. local data paths for a dry run."""
+    names = {name.replace("-", "_") for name in overrides}
+    kept = [a for a in argv[1:] if not (a.startswith("--") and a[2:].partition("=")[0].replace("-", "_") in names)]
+    return [argv[0], *kept, *(f"--{name}={format_value(value)}" for name, value in overrides.items())]
+
+
 def grid_axis(parameter: Parameter) -> list[str]:
     """The values Katib's grid visits for one parameter, as the strings a trial receives.
 
