@@ -275,6 +275,8 @@ BROKEN = [
     ("positional-arg", add_arg("train"), "args", "'train' is not a --flag=value argument"),
     ("space-in-arg", replace_arg("--output_dir=", "--output_dir=/output/my run"), "args", "contains a space"),
     ("shell-char-in-arg", add_arg("--seed=1;reboot"), "args", "the shell character ';'"),
+    ("objective-not-mapping", set_spec("objective", "rouge_avg"), "spec.objective", "must be a mapping"),
+    ("args-not-list", lambda d: container(d).update(args="--seed=1"), "args", "must be a list of strings"),
     ("static-value-rejected", replace_arg("--report_to=", "--report_to=tensorboard"), "args",
      "rejected by the trainer: --report_to='tensorboard' is not one of"),
 ]

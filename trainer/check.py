@@ -153,6 +153,7 @@ def check_all(experiments: list[ex.Experiment]) -> list[Report]:
 
 def check_experiment(e: ex.Experiment) -> Report:
     report = Report()
+    check_shapes(e, report)
     check_name(e, report)
     check_counts(e, report)
     check_objective(e, report)
@@ -170,6 +171,35 @@ def check_experiment(e: ex.Experiment) -> Report:
 
 
 # ---------------------------------------------------------------- metadata and counts
+
+
+SHAPES = {"objective": dict, "algorithm": dict, "earlyStopping": dict, "parameters": list,
+          "trialTemplate": dict, "metricsCollectorSpec": dict}
+
+
+def written(e: ex.Experiment, key: str) -> bool:
+    """spec.<key> is there, whatever its shape (check_shapes reports a wrong one)."""
+    return isinstance(e.raw.get("spec"), dict) and key in e.raw["spec"]
+
+
+def check_shapes(e: ex.Experiment, report: Report) -> None:
+    """Fields of the wrong YAML type (Katib's typed decoding rejects them; the parser skips them)."""
+    spec = e.raw.get("spec")
+    if not isinstance(spec, dict):
+        report.problem("spec", "missing or not a mapping")
+        return
+    for key, kind in SHAPES.items():
+        if key in spec and not isinstance(spec[key], kind):
+            report.problem(f"spec.{key}", f"must be a {'mapping' if kind is dict else 'list'}")
+    for index, item in enumerate(spec.get("parameters") if isinstance(spec.get("parameters"), list) else []):
+        if not isinstance(item, dict):
+            report.problem(f"spec.parameters[{index}]", "must be a mapping (name, parameterType, feasibleSpace)")
+    template = spec.get("trialTemplate") if isinstance(spec.get("trialTemplate"), dict) else {}
+    if "trialParameters" in template and not isinstance(template["trialParameters"], list):
+        report.problem("spec.trialTemplate.trialParameters", "must be a list")
+    if "trialSpec" in template and not isinstance(template["trialSpec"], dict):
+        report.problem("spec.trialTemplate.trialSpec", "must be a mapping (a batch/v1 Job)")
+
 
 
 def check_name(e: ex.Experiment, report: Report) -> None:
@@ -219,7 +249,8 @@ def check_counts(e: ex.Experiment, report: Report) -> None:
 def check_objective(e: ex.Experiment, report: Report) -> None:
     o = e.objective
     if o is None:
-        report.problem("spec.objective", "missing")
+        if not written(e, "objective"):
+            report.problem("spec.objective", "missing")
         return
     allowed = ", ".join(METRIC_NAMES)
     if o.type not in OBJECTIVE_TYPES:
@@ -283,6 +314,8 @@ def check_settings(field: str, algorithm: str, settings: dict, rules: dict, repo
 
 def check_algorithm(e: ex.Experiment, report: Report) -> None:
     a = e.algorithm
+    if a is None and written(e, "algorithm"):
+        return
     if a is None or not a.name:
         report.problem("spec.algorithm.algorithmName", f"missing ({', '.join(ALGORITHMS)})")
         return
@@ -356,7 +389,7 @@ def epoch_values(e: ex.Experiment) -> list[str]:
 
 
 def check_parameters(e: ex.Experiment, report: Report) -> None:
-    if not e.parameters:
+    if not e.parameters and not written(e, "parameters"):
         report.problem("spec.parameters", "missing (nothing to search)")
     names = [p.name for p in e.parameters]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -454,6 +487,9 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
     size = 1
     for p in e.parameters:
         field = f"spec.parameters[{p.name}]"
+        if any(f.field.startswith(field) for f in report.problems):
+            size = None  # already reported; its axis is unknown
+            continue
         if p.parameter_type == "double" and p.step in (None, ""):
             report.problem(f"{field}.feasibleSpace.step", "a grid needs a finite list of values: write them as "
                                                           "a discrete list (or set step)")
@@ -522,14 +558,16 @@ def check_template(e: ex.Experiment, report: Report) -> bool:
     t = e.trial_template
     field = "spec.trialTemplate"
     if t is None:
-        report.problem(field, "missing")
+        if not written(e, "trialTemplate"):
+            report.problem(field, "missing")
         return False
     if t.config_map is not None:
         report.problem(f"{field}.configMap", "not supported here: write the trialSpec inline so "
                                              "`trainer check` and `trainer search` can read it")
         return False
     if t.trial_spec is None:
-        report.problem(f"{field}.trialSpec", "missing")
+        if "trialSpec" not in e.raw["spec"]["trialTemplate"]:
+            report.problem(f"{field}.trialSpec", "missing")
         return False
     if not t.primary_container_name:
         report.problem(f"{field}.primaryContainerName", "missing (the container that runs the trainer)")
@@ -599,6 +637,11 @@ def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
 def check_trial_command(e: ex.Experiment, report: Report) -> None:
     container = ex.primary_container(e)
     field = "spec.trialTemplate.trialSpec.containers[%s]" % container.get("name")
+    for key in ("command", "args"):
+        value = container.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            report.problem(f"{field}.{key}", f"must be a list of strings, e.g. [\"--seed=1\"] (got {value!r})")
+            return
     argv = ex.template_argv(e)
     if not container.get("command"):
         report.problem(f"{field}.command", "missing: spell out command: [trainer] (Katib's collector rewrites "
