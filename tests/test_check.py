@@ -218,6 +218,8 @@ BROKEN = [
      "must be a quoted string (\"true\")"),
     ("min-above-max", set_space("gradient_accumulation_steps", min="4", max="1"),
      "spec.parameters[gradient_accumulation_steps].feasibleSpace", "min 4 is above max 1"),
+    ("not-finite", set_space("warmup_ratio", min="0.0", max="inf"), "spec.parameters[warmup_ratio].feasibleSpace.max",
+     "is not a finite number"),
     ("int-not-whole", set_space("num_train_epochs", min="10.5", max="30"),
      "spec.parameters[num_train_epochs].feasibleSpace.min", "is not a whole number"),
     ("log-uniform-zero", set_space("learning_rate", min="0", max="5e-4", distribution="logUniform"),

@@ -436,7 +436,10 @@ def check_range(p: ex.Parameter, field: str, report: Report) -> None:
         try:
             numbers[key] = float(str(value))
         except ValueError:
-            report.problem(f"{space}.{key}", f"{value!r} is not a number")
+            numbers[key] = math.nan
+        if not math.isfinite(numbers[key]):
+            del numbers[key]
+            report.problem(f"{space}.{key}", f"{value!r} is not a finite number")
             continue
         if p.parameter_type == "int" and not re.fullmatch(r"[+-]?\d+", str(value).strip()):
             report.problem(f"{space}.{key}", f"{value!r} is not a whole number (int parameters need e.g. \"10\")")
@@ -724,11 +727,9 @@ def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
             return []
     try:
         low, high = float(str(p.min)), float(str(p.max))
-    except ValueError:
+        return [str(int(low)), str(int(high))] if p.parameter_type == "int" else [str(low), str(high)]
+    except (ValueError, OverflowError):  # reported by check_range
         return []
-    if p.parameter_type == "int":
-        return [str(int(low)), str(int(high))]
-    return [str(low), str(high)]
 
 
 def safe_grid(e: ex.Experiment) -> list[dict[str, str]]:
