@@ -133,8 +133,11 @@ def find_tags(*splits: Split) -> list[str]:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
-    return hashlib.sha256(state.encode("utf-8")).hexdigest()
+    """The vocabulary, merges and added tokens; not the truncation/padding state an earlier call left."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def cache_key(split: Split, tokenizer, config: TrainConfig) -> str:

@@ -133,7 +133,7 @@ class Evaluation:
         return korean_rouge(self.predictions, self.split.references)
 
 
-def make_callbacks(config: TrainConfig, metrics_path: Path):
+def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict):
     from transformers import TrainerCallback
 
     class MetricLine(TrainerCallback):
@@ -166,7 +166,16 @@ def make_callbacks(config: TrainConfig, metrics_path: Path):
             report.emit(f"{report.utc_timestamp()} step {state.global_step} epoch {state.epoch:.2f} "
                         f"loss {loss:.4f} lr {lr:.3g}")
 
-    callbacks = [MetricLine(), LossLine()]
+    class NoEvaluationOnSigterm(TrainerCallback):
+        """After the SIGTERM checkpoint, leave at once: an epoch-end evaluation (generate())
+        would eat the pod's grace period and report a partial epoch."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if sigterm["seen"] and control.should_training_stop:
+                control.should_evaluate = False
+                control.should_save = False
+
+    callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
     if config.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
@@ -174,19 +183,17 @@ def make_callbacks(config: TrainConfig, metrics_path: Path):
     return callbacks
 
 
-def watch_sigterm() -> dict:
-    """Note that SIGTERM came, then let the handler installed before (transformers' JIT
-    checkpointing) do its work."""
-    seen = {"sigterm": False}
+def watch_sigterm(sigterm: dict) -> None:
+    """Note that SIGTERM came, then let the handler installed before it (transformers' JIT
+    checkpointing, set up by the Trainer) do its work."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def handler(signum, frame):
-        seen["sigterm"] = True
+        sigterm["seen"] = True
         if callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)
-    return seen
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -205,6 +212,16 @@ def read_records(metrics_path: Path) -> list[dict]:
     if not metrics_path.is_file():
         return []
     return [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
+    """Drop records of evaluations the checkpoint does not contain (they run again on resume).
+
+    A checkpoint saved on SIGTERM at an epoch's end comes before that epoch's evaluation."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
+    kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def write_predictions(path: Path, split: Split, predictions: list[str]) -> None:
@@ -254,8 +271,10 @@ def run(config: TrainConfig) -> None:
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, set_seed
 
     tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split))
-    train_dataset, _ = tokenized(train_split, tokenizer, config)
-    eval_dataset, _ = tokenized(eval_split, tokenizer, config)
+    train_dataset, train_cached = tokenized(train_split, tokenizer, config)
+    eval_dataset, eval_cached = tokenized(eval_split, tokenizer, config)
+    print(f"trainer: tokenized data {'from cache' if train_cached and eval_cached else 'cached now'} "
+          f"in {Path(config.cache_dir) / 'tokenized'}", file=sys.stderr, flush=True)
     fp16, bf16 = resolve_precision(config)
     set_seed(config.seed)
     model = load_model(model_path, tokenizer, model_config)
@@ -271,10 +290,12 @@ def run(config: TrainConfig) -> None:
     resume_from = last_checkpoint(config.output_dir) if config.resume else None
     if resume_from:
         print(f"trainer: resuming from {resume_from}", file=sys.stderr, flush=True)
+        keep_records_of_checkpoint(metrics_path, Path(resume_from))
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
     evaluation = Evaluation(tokenizer, eval_split)
+    sigterm = {"seen": False}
     trainer = Seq2SeqTrainer(
         model=model,
         args=training_arguments(config, fp16, bf16),
@@ -283,16 +304,16 @@ def run(config: TrainConfig) -> None:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=evaluation,
-        callbacks=make_callbacks(config, metrics_path),
+        callbacks=make_callbacks(config, metrics_path, sigterm),
     )
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
-    seen = watch_sigterm()
+    watch_sigterm(sigterm)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except TrainingDiverged as error:
         print(f"trainer: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DIVERGED) from None
-    if seen["sigterm"]:
+    if sigterm["seen"]:
         print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
               f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGTERM)

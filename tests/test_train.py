@@ -1,0 +1,141 @@
+"""Real training runs on the built-in tiny model and sample (CPU, seconds each)."""
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.report import KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
+
+TRAINER = [sys.executable, "-m", "trainer.cli"]
+BUILTIN = ["--model_name_or_path=builtin:tiny", "--train_file=builtin:sample", "--eval_file=builtin:sample",
+           "--learning_rate=3e-3", "--per_device_train_batch_size=16", "--early_stopping_patience=0"]
+EPOCHS = 8
+
+
+def trainer_command(output_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return [*TRAINER, *BUILTIN, f"--output_dir={output_dir}", f"--cache_dir={cache_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    output_dir = tmp_path_factory.mktemp("trained")
+    result = subprocess.run(trainer_command(output_dir, cache_dir, f"--num_train_epochs={EPOCHS}"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result
+
+
+def katib_records(stdout: str) -> list[tuple]:
+    """What Katib's StdOut collector would record: (timestamp, {metric: value}) per line that has any."""
+    records = []
+    for line in stdout.split("\n"):  # Katib splits on \n only
+        timestamp, pairs = parse_line(line, set(METRIC_NAMES), [KATIB_DEFAULT_FILTER])
+        if pairs:
+            records.append((timestamp, dict(pairs)))
+    return records
+
+
+def test_every_evaluation_yields_every_metric_with_a_timestamp(trained):
+    _, result = trained
+    records = katib_records(result.stdout)
+    assert len(records) == EPOCHS
+    for timestamp, metrics in records:
+        assert timestamp is not None
+        assert set(metrics) == set(METRIC_NAMES)
+        for value in metrics.values():
+            assert re.fullmatch(r"\d+\.\d{4}", value)  # never nan, never empty
+    timestamps = [t for t, _ in records]
+    assert timestamps == sorted(timestamps)
+    assert "\r" not in result.stdout  # no progress bars when stdout is not a terminal
+    assert "{'" not in result.stdout  # no Trainer dict logs
+
+
+def test_artifacts_read_back(trained):
+    output_dir, result = trained
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    printed = katib_records(result.stdout)
+    assert [round(r["rouge_avg"], 4) for r in records] == [float(m["rouge_avg"]) for _, m in printed]
+    summary = json.loads((output_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["best"]["rouge_avg"] == max(r["rouge_avg"] for r in records)
+    assert summary["final"] == records[-1]
+    assert summary["hyperparameters"]["learning_rate"] == 3e-3
+    assert (output_dir / "best_model" / "model.safetensors").is_file()
+    assert not list(output_dir.glob("checkpoint-*")), "checkpoints are only kept while a run is unfinished"
+
+
+def test_training_beats_the_untrained_model(trained, tmp_path, cache_dir):
+    output_dir, _ = trained
+    trained_best = json.loads((output_dir / "metrics.json").read_text())["best"]["rouge_avg"]
+    # The same pipeline with a learning rate too small to change anything: the untrained score.
+    untrained = subprocess.run(trainer_command(tmp_path / "untrained", cache_dir, "--num_train_epochs=1",
+                                               "--learning_rate=1e-12"),
+                               capture_output=True, text=True, timeout=300)
+    assert untrained.returncode == 0, untrained.stderr[-3000:]
+    untrained_score = json.loads((tmp_path / "untrained" / "metrics.json").read_text())["best"]["rouge_avg"]
+    assert trained_best > untrained_score + 0.2, (trained_best, untrained_score)
+    first = [float(m["rouge_avg"]) for _, m in katib_records(trained[1].stdout)][0]
+    assert trained_best > first + 0.1, "rouge_avg rises over the epochs"
+    assert "tokenized data from cache" in untrained.stderr  # same data and tokenizer: no re-tokenization
+
+
+def test_tags_in_data_come_back_in_predictions(trained):
+    output_dir, _ = trained
+    with (output_dir / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and set(rows[0]) == {"id", "prediction", "reference"}
+    predicted = " ".join(r["prediction"] for r in rows)
+    for tag in ("#Person1#", "#Person2#"):
+        assert tag in predicted
+    assert re.search(r"#(PhoneNumber|Address|Email|DateOfBirth)#", predicted)
+    assert "<s>" not in predicted and "</s>" not in predicted and "<pad>" not in predicted
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache_dir):
+    command = trainer_command(tmp_path / "run", cache_dir, "--num_train_epochs=6", "--max_train_samples=160",
+                              "--max_eval_samples=8", "--num_beams=1", "--logging_steps=1")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if " epoch=1 " in line:  # first evaluation done: training is well under way
+            break
+    process.send_signal(signal.SIGTERM)
+    remaining, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert checkpoints, "a checkpoint was saved"
+    saved_step = checkpoints[-1]
+    assert saved_step > 10  # past epoch 1 (10 steps): the JIT checkpoint, not just the epoch one
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+    started = time.time()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'run' / f'checkpoint-{saved_step}'}" in resumed.stderr
+    steps = [int(m) for m in re.findall(r" step (\d+) ", resumed.stdout)]
+    assert steps and min(steps) == saved_step + 1, "training continues after the saved step"
+    assert max(steps) == 60  # 160 examples / 16 per batch * 6 epochs
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["final"]["epoch"] == 6 and summary["evaluations"] == 6
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6], "each epoch's evaluation recorded once across the interruption"
+    assert time.time() - started < 300
+
+
+def test_nan_is_never_printed():
+    from trainer.report import NonFiniteMetric, format_metric_line
+
+    with pytest.raises(NonFiniteMetric, match="eval_loss is nan"):
+        format_metric_line({"rouge_avg": 0.5, "eval_loss": float("nan")}, epoch=1)
