@@ -105,11 +105,13 @@ def flags_of(record: dict) -> dict:
 
 
 def gone(pid: int) -> bool:
+    """The process has ended: no such pid, or a zombie (ended; an orphan's may never be reaped here)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return True
-    return False
+    return "State:\tZ" in status
 
 
 # ---------------------------------------------------------------- the real manifests, real trials
@@ -269,6 +271,54 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     assert study.trials[2].user_attrs["rerun_of"] == 1 and study.trials[2].params == study.trials[1].params
     counted = [t.params["learning_rate"] for t in study.trials if search.katib_state(t) != "Interrupted"]
     assert sorted(counted) == ["0.1", "0.2", "0.3"]  # the whole grid, each point once
+
+
+def test_a_killed_search_leaves_no_orphan_and_its_trial_runs_again(tmp_path, fake_trainer, monkeypatch, capsys):
+    # Silent for a minute: an orphan dies on its next print into the dead search's pipe, not before.
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "60")
+    path = write_experiment(tmp_path, "fake-orphan", "random", [discrete("learning_rate", "0.1")], max_trials=1,
+                            fixed=["--num_train_epochs=2"])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "trainer.cli", "search", str(path), f"--output_dir={out}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    for line in process.stdout:
+        if line.startswith("[fake-orphan-000] started"):
+            break
+    deadline = time.time() + 10
+    while not (out / "trials" / "fake-orphan-000" / "run.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()  # no chance to stop its trial: the trial process lives on
+    process.wait()
+    orphan = run_record(out, "fake-orphan-000")["pid"]
+    assert not gone(orphan)
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.01")
+    search.search(str(path), output_dir=str(out))
+    assert gone(orphan)
+    study = load(out, "fake-orphan")
+    assert states(study) == ["Interrupted", "Succeeded"] and study.trials[1].user_attrs["rerun_of"] == 0
+
+
+def test_sigterm_ends_the_search_like_ctrl_c():
+    with pytest.raises(search.Terminated) as raised:
+        with search.signals_raise():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert raised.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+def test_a_trial_past_active_deadline_seconds_fails(tmp_path, fake_trainer, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.5")
+    path = write_experiment(tmp_path, "fake-deadline", "random", [discrete("learning_rate", "0.1")], max_trials=1,
+                            fixed=["--num_train_epochs=20"])
+    document = yaml.safe_load(path.read_text())
+    document["spec"]["trialTemplate"]["trialSpec"]["spec"]["activeDeadlineSeconds"] = 1
+    path.write_text(yaml.safe_dump(document))
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out))
+    trial = load(out, "fake-deadline").trials[0]
+    assert search.katib_state(trial) == "Failed" and "activeDeadlineSeconds" in trial.user_attrs["message"]
+    assert "end" not in run_record(out, "fake-deadline-000")
 
 
 def test_goal_reached_stops_the_search(tmp_path, fake_trainer, capsys):
