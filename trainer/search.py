@@ -346,6 +346,8 @@ def show_plan(plan: Plan) -> None:
         say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
             f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
             f"at {SMOKE_EPOCHS}" + (" (a searched parameter: the cap overrides it)" if searched else ""))
+        say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
+            "best hyperparameters")
         if e.early_stopping and e.early_stopping.name == "medianstop":
             start = int(e.early_stopping.settings.get("start_step", median.DEFAULT_START_STEP))
             if start > SMOKE_EPOCHS:
@@ -574,8 +576,8 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by someone else
+        pass
     return True
 
 
