@@ -233,7 +233,7 @@ def test_submit_refuses_a_namespace_conflict(kube, tmp_path):
 
 def test_status_prints_what_the_served_objects_say(kube):
     server, env = kube
-    result = run("katib", "status", NAME, f"--namespace={NS}", env=env)
+    result = run("katib", "status", NAME, "-n", NS, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"Experiment {NS}/{NAME}: Running (multivariate-tpe, maximize rouge_avg)"
@@ -260,7 +260,7 @@ def test_watch_refreshes_until_the_experiment_fails_and_exits_1(kube):
         "lastUpdateTime": "2026-11-28T07:00:00Z", "lastTransitionTime": "2026-11-28T07:00:00Z"})
     # Two identical polls in a row print once.
     server.frames[(NS, NAME)] = [running, running, more, failed]
-    result = run("katib", "status", NAME, f"--namespace={NS}", "--watch", "--interval=0.05", env=env)
+    result = run("katib", "status", NAME, f"--namespace={NS}", "--watch", "--interval=0.05", env=env, timeout=60)
     assert result.returncode == 1, result.stderr
     heads = [line for line in result.stdout.splitlines() if line.startswith("Experiment ")]
     assert heads == [f"Experiment {NS}/{NAME}: {s} (multivariate-tpe, maximize rouge_avg)"

@@ -34,14 +34,14 @@ UNAVAILABLE = "unavailable"  # Katib's value for a metric never reported
 class Katib:
     """Drive Katib on a cluster. Commands:
 
-    submit PATH... [--namespace NS]          create the Experiments (files, folders, kustomize folders, -)
-    status NAME [--watch] [--interval S]     conditions, trials by state, the optimal trial
-    trials NAME                              the trial table (as `trainer search` prints it)
-    best NAME [--output FILE]                docker run line + preset file of the optimal trial
+    submit PATH... [-n NS]                  create the Experiments (files, folders, kustomize folders, -)
+    status EXPERIMENT [-n NS] [--watch]     conditions, trials by state, the optimal trial
+    trials EXPERIMENT [-n NS]               the trial table (as `trainer search` prints it)
+    best EXPERIMENT [-n NS] [-o FILE]       docker run line + preset file of the optimal trial
 
     Cluster: the kubeconfig ($KUBECONFIG or ~/.kube/config) and its current context or --context,
-    else the pod's service account. Namespace: --namespace, else the Experiment file's, else the
-    context's. `trainer katib COMMAND --help` for one command.
+    else the pod's service account. Namespace (-n/--namespace): else the Experiment file's, else
+    the context's. `trainer katib COMMAND --help` for one command.
     """
 
     def submit(self, *paths, namespace=None, context=None):
@@ -52,19 +52,19 @@ class Katib:
         """
         submit(paths, namespace=namespace, context=context)
 
-    def status(self, name, namespace=None, watch=False, interval=30.0, context=None):
+    def status(self, experiment, namespace=None, watch=False, interval=30.0, context=None):
         """Conditions, trials by state and the current optimal trial; --watch polls every --interval
         seconds until the Experiment ends. Exit status 1 when the Experiment has failed."""
-        status(str(name), namespace=namespace, watch=watch, interval=float(interval), context=context)
+        status(str(experiment), namespace=namespace, watch=watch, interval=float(interval), context=context)
 
-    def trials(self, name, namespace=None, context=None):
+    def trials(self, experiment, namespace=None, context=None):
         """A table of the Experiment's trials: state, parameters, objective, duration."""
-        trials(str(name), namespace=namespace, context=context)
+        trials(str(experiment), namespace=namespace, context=context)
 
-    def best(self, name, namespace=None, output=None, context=None):
+    def best(self, experiment, namespace=None, output=None, context=None):
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
-        (--output, default NAME-best.yaml)."""
-        best(str(name), namespace=namespace, output=output, context=context)
+        (--output, default EXPERIMENT-best.yaml)."""
+        best(str(experiment), namespace=namespace, output=output, context=context)
 
 
 # ---------------------------------------------------------------- submit
