@@ -206,12 +206,11 @@ def test_submit_refuses_what_check_rejects_before_contacting_the_cluster(kube, t
     doc = yaml.safe_load((ROOT / "manifests/experiments/tpe.yaml").read_text(encoding="utf-8"))
     doc["metadata"]["name"] = "KoBART_tpe"
     doc["spec"]["parameters"][0]["feasibleSpace"]["list"].append("adamw_hf")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    result = run("katib", "submit", str(bad), env=env)
-    [experiment] = load_experiments([bad])
+    text = yaml.safe_dump(doc)
+    result = run("katib", "submit", "-", env=env, input=text)  # rendered YAML piped in
+    [experiment] = load_experiments(text=text)
     [report] = check_all([experiment])
-    problems = [f"{bad}: KoBART_tpe: {p.field}: {p.message}" for p in report.problems]  # as `trainer check` prints
+    problems = [f"<stdin>: KoBART_tpe: {p.field}: {p.message}" for p in report.problems]  # as `trainer check` prints
     assert len(problems) >= 2 and any("adamw_hf" in p for p in problems)
     lines = result.stderr.strip().splitlines()
     assert lines[:-1] == problems
@@ -373,5 +372,5 @@ def test_cluster_configuration_errors(tmp_path):
     env = cli_env(tmp_path, "http://127.0.0.1:1")
     result = run("katib", "status", NAME, "--context=staging", env=env)
     assert error_line(result) == f"--context=staging is not a context in {tmp_path / 'kubeconfig'} (contexts: fake)"
-    result = run("katib", "submit", env=env)
-    assert error_line(result).startswith("give Experiment files, folders or kustomize folders")
+    result = run("katib", "submit", env=env, stdin=subprocess.DEVNULL)
+    assert error_line(result) == "no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment) in <stdin>"

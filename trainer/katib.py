@@ -71,15 +71,19 @@ class Katib:
 
 
 def submit(paths, namespace=None, context=None) -> None:
-    if not paths:
-        raise UsageError("give Experiment files, folders or kustomize folders: trainer katib submit manifests/")
+    if not paths:  # fire swallows a lone `-` (its chaining separator): no path means stdin too
+        if sys.stdin.isatty():
+            raise UsageError("give Experiment files, folders or kustomize folders (trainer katib submit .), "
+                             "or pipe rendered YAML: kubectl kustomize . | trainer katib submit -")
+        paths = ("-",)
     experiments, others = [], []
     for path in (str(p) for p in paths):
         found, skipped = read_experiments(path)
         experiments += found
         others += skipped
     if not experiments:
-        raise UsageError(f"no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment) in {', '.join(map(str, paths))}")
+        where = ", ".join("<stdin>" if str(p) == "-" else str(p) for p in paths)
+        raise UsageError(f"no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment) in {where}")
     targets = [(e, target_namespace(e, namespace)) for e in experiments]
     refuse_if_check_fails(experiments)
     if others:
@@ -138,8 +142,9 @@ def kubectl() -> str:
 def render_kustomize(folder: Path) -> str:
     result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True)
     if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        raise UsageError(f"{folder}: kubectl kustomize failed: {lines[-1] if lines else 'exit ' + str(result.returncode)}")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else f"exit {result.returncode}"
+        raise UsageError(f"{folder}: kubectl kustomize failed: {reason}")
     return result.stdout
 
 
