@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def dispatch(fire, argv: list[str]) -> None:
     if argv and argv[0] in SUBCOMMANDS:
-        fire.Fire(load(SUBCOMMANDS[argv[0]]), command=argv[1:], name=f"trainer {argv[0]}")
+        # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
+        fire.Fire({argv[0]: load(SUBCOMMANDS[argv[0]])}, command=argv, name="trainer")
         return
     for name in flag_names(argv):
         if name not in FLAGS and name not in HELP_FLAGS:
