@@ -8,7 +8,7 @@ It serves only what `trainer katib` asks for, the way kube-apiserver answers it:
 
 `mode` switches the whole server to a broken cluster: "no-katib" answers every Katib path
 with the plain-text 404 an API server gives for an unknown API group (no CRDs), "forbidden"
-answers with the 403 Status RBAC gives. Every request and every POSTed body is recorded.
+with the 403 Status RBAC gives, "unauthorized" with the 401 of a rejected token. Every request and every POSTed body is recorded.
 `frames[(ns, name)]` is a list of statuses served one per GET (the last one repeats), so a
 watch sees an Experiment move on.
 """
@@ -74,6 +74,8 @@ class FakeKube:
             return 404, "404 page not found\n"
         namespace, plural, name = match.groups()
         verb = {"GET": "get" if name else "list", "POST": "create"}.get(method, method.lower())
+        if self.mode == "unauthorized":  # an expired token
+            return 401, status_body(401, "Unauthorized", "Unauthorized")
         if self.mode == "forbidden":
             target = f'{plural}.{GROUP} "{name}"' if name else f"{plural}.{GROUP}"
             return 403, status_body(403, "Forbidden", f'{target} is forbidden: User "{USER}" cannot {verb} '

@@ -336,10 +336,10 @@ def closed_port() -> int:
 
 def test_each_access_error_is_one_clear_line(tmp_path):
     port = closed_port()
-    for case in ("down", "no-katib", "forbidden", "not-found"):
+    for case in ("down", "no-katib", "forbidden", "unauthorized", "not-found"):
         (tmp_path / case).mkdir()
-    with FakeKube() as plain, FakeKube() as no_katib, FakeKube() as forbidden:
-        no_katib.mode, forbidden.mode = "no-katib", "forbidden"
+    with FakeKube() as plain, FakeKube() as no_katib, FakeKube() as forbidden, FakeKube() as unauthorized:
+        no_katib.mode, forbidden.mode, unauthorized.mode = "no-katib", "forbidden", "unauthorized"
         cases = {
             "down": (f"http://127.0.0.1:{port}", ["status", NAME],
                      f"cannot reach the Kubernetes API at http://127.0.0.1:{port} (context fake): Connection refused; "
@@ -350,8 +350,11 @@ def test_each_access_error_is_one_clear_line(tmp_path):
             "forbidden": (forbidden.url, ["best", NAME, f"--namespace={NS}"],
                           f'forbidden by RBAC: experiments.kubeflow.org "{NAME}" is forbidden: User '
                           f'"system:serviceaccount:ml:viewer" cannot get resource "experiments" in API group '
-                          f'"kubeflow.org" in the namespace "{NS}" (needs get, list and create on experiments '
-                          f'and trials in API group kubeflow.org, namespace {NS})'),
+                          f'"kubeflow.org" in the namespace "{NS}" (trainer katib needs create, get, list on '
+                          f'experiments and get, list on trials of API group kubeflow.org in namespace {NS})'),
+            "unauthorized": (unauthorized.url, ["status", NAME],
+                             f"the Kubernetes API at {unauthorized.url} rejected the credentials of context fake "
+                             "(401 Unauthorized); log in again or pick another --context"),
             "not-found": (plain.url, ["status", "kobart-nope"],
                           "no Experiment 'kobart-nope' in namespace 'team' (give --namespace; "
                           "`kubectl get experiments -A` lists them all)"),
@@ -361,7 +364,7 @@ def test_each_access_error_is_one_clear_line(tmp_path):
                                     for case, (url, args, _) in cases.items()})
     for case, (_, _, expected) in cases.items():
         assert error_line(results[case]) == expected, case
-    assert forbidden.requests and no_katib.requests and plain.requests
+    assert forbidden.requests and no_katib.requests and unauthorized.requests and plain.requests
 
 
 def test_cluster_configuration_errors(tmp_path):

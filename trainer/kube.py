@@ -195,8 +195,8 @@ def explain_status(api, cluster: Cluster, namespace: str, name: str) -> str:
         return (f"the Kubernetes API at {cluster.host} rejected the credentials of {cluster.source} "
                 "(401 Unauthorized); log in again or pick another --context")
     if status == 403:
-        return (f"forbidden by RBAC: {message or api.reason} (needs get, list and create on experiments and "
-                f"trials in API group kubeflow.org, namespace {namespace})")
+        return (f"forbidden by RBAC: {message or api.reason} (trainer katib needs create, get, list on "
+                f"experiments and get, list on trials of API group kubeflow.org in namespace {namespace})")
     if status == 404:
         kind = details.get("kind", "")
         if kind == "namespaces":
