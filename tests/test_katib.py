@@ -375,5 +375,7 @@ def test_cluster_configuration_errors(tmp_path):
     env = cli_env(tmp_path, "http://127.0.0.1:1")
     result = run("katib", "status", NAME, "--context=staging", env=env)
     assert error_line(result) == f"--context=staging is not a context in {tmp_path / 'kubeconfig'} (contexts: fake)"
+    result = run("katib", "status", NAME, "--watch", "--interval=soon", env=env)
+    assert error_line(result) == "--interval='soon' must be a number of seconds > 0"
     result = run("katib", "submit", env=env, stdin=subprocess.DEVNULL)
     assert error_line(result) == "no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment) in <stdin>"

@@ -55,7 +55,7 @@ class Katib:
     def status(self, experiment, namespace=None, watch=False, interval=30.0, context=None):
         """Conditions, trials by state and the current optimal trial; --watch polls every --interval
         seconds until the Experiment ends. Exit status 1 when the Experiment has failed."""
-        status(str(experiment), namespace=namespace, watch=watch, interval=float(interval), context=context)
+        status(str(experiment), namespace=namespace, watch=watch, interval=seconds(interval), context=context)
 
     def trials(self, experiment, namespace=None, context=None):
         """A table of the Experiment's trials: state, parameters, objective, duration."""
@@ -65,6 +65,16 @@ class Katib:
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
         (--output, default EXPERIMENT-best.yaml)."""
         best(str(experiment), namespace=namespace, output=output, context=context)
+
+
+def seconds(value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number > 0:
+        raise UsageError(f"--interval={value!r} must be a number of seconds > 0")
+    return number
 
 
 # ---------------------------------------------------------------- submit
