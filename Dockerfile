@@ -21,6 +21,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+COPY README.md ./
 COPY trainer/ trainer/
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --uid 10001 --user-group --create-home trainer \
