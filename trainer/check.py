@@ -123,20 +123,25 @@ def check(*paths, stdin: bool = False) -> None:
     if not experiments:
         where = ", ".join(files + (["<stdin>"] if text is not None else []))
         raise UsageError(f"no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment) in {where}")
+    if print_findings(experiments, out=sys.stdout):
+        raise SystemExit(1)
+    kinds = ", ".join(f"{e.name} ({e.algorithm.name})" for e in experiments)
+    noun = "Experiment" if len(experiments) == 1 else "Experiments"
+    print(f"{len(experiments)} {noun} OK: {kinds}")
+
+
+def print_findings(experiments: list[ex.Experiment], out) -> int:
+    """One line per problem on `out` (warnings on stderr); returns the number of problems."""
     problems = 0
     for experiment, report in zip(experiments, check_all(experiments)):
         label = f"{experiment.source}: {experiment.name or '<no name>'}"
         for finding in report.warnings:
             print(f"{label}: {finding.field}: warning: {finding.message}", file=sys.stderr)
         for finding in report.problems:
-            print(f"{label}: {finding.field}: {finding.message}")
+            print(f"{label}: {finding.field}: {finding.message}", file=out)
         problems += len(report.problems)
-    sys.stdout.flush()
-    if problems:
-        raise SystemExit(1)
-    kinds = ", ".join(f"{e.name} ({e.algorithm.name})" for e in experiments)
-    noun = "Experiment" if len(experiments) == 1 else "Experiments"
-    print(f"{len(experiments)} {noun} OK: {kinds}")
+    out.flush()
+    return problems
 
 
 def check_all(experiments: list[ex.Experiment]) -> list[Report]:

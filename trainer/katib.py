@@ -160,16 +160,9 @@ def render_kustomize(folder: Path) -> str:
 
 def refuse_if_check_fails(experiments: list[ex.Experiment]) -> None:
     """Print what `trainer check` would print and stop, before anything reaches the cluster."""
-    from trainer.check import check_all
+    from trainer.check import print_findings
 
-    problems = 0
-    for e, report in zip(experiments, check_all(experiments)):
-        label = f"{e.source}: {e.name or '<no name>'}"
-        for finding in report.warnings:
-            print(f"{label}: {finding.field}: warning: {finding.message}", file=sys.stderr)
-        for finding in report.problems:
-            print(f"{label}: {finding.field}: {finding.message}", file=sys.stderr)
-        problems += len(report.problems)
+    problems = print_findings(experiments, out=sys.stderr)
     if problems:
         raise UsageError(f"nothing submitted: `trainer check` found {problems} problem(s) (listed above)")
 
