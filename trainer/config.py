@@ -57,6 +57,10 @@ class TrainConfig:
     decoder_max_len: int = _flag(100, "summary tokens kept as labels")
     max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
     max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
+    # speed (docs/performance.md: each one's measured effect)
+    pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
+                                           "(static shapes; slower)")
+    cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")
     # generation (evaluation)
     num_beams: int = _flag(4, "beam size for generate() at evaluation")
     no_repeat_ngram_size: int = _flag(2, "forbid repeating n-grams of this size in generated summaries (0 = off)")

@@ -2,7 +2,9 @@
 
 Tokenization follows KoBART's needs: its fast tokenizer adds no <s>/</s>, so they are added
 here; token_type_ids are never produced (BART's forward rejects them); labels are padded with
--100 by the collator at batch time (dynamic padding, nothing padded here).
+-100 by the collator at batch time (dynamic padding, nothing padded here unless
+--pad_to_max_length asks for the guide's fixed shapes). A `length` column (input tokens) is
+stored with the tokens, so length-grouped batching and length-sorted evaluation need no scan.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from trainer import builtin
 from trainer.config import TrainConfig, UsageError
 
 TAG_PATTERN = re.compile(r"#\w+#")
-CACHE_FORMAT = "tokenized-v1"
+CACHE_FORMAT = "tokenized-v2"
 
 
 @dataclass
@@ -143,7 +145,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def cache_key(split: Split, tokenizer, config: TrainConfig) -> str:
     digest = hashlib.sha256()
     payload = [CACHE_FORMAT, tokenizer_fingerprint(tokenizer), config.encoder_max_len, config.decoder_max_len,
-               split.dialogues, [refs[0] if refs else "" for refs in split.references]]
+               config.pad_to_max_length, split.dialogues, [refs[0] if refs else "" for refs in split.references]]
     digest.update(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()[:32]
 
@@ -155,26 +157,40 @@ def encode(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     return [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] for ids in pieces]
 
 
+def pad_to(rows: list[list[int]], length: int, value: int) -> list[list[int]]:
+    return [row + [value] * (length - len(row)) for row in rows]
+
+
 def tokenize_split(split: Split, tokenizer, config: TrainConfig):
     import datasets
 
     input_ids = encode(tokenizer, split.dialogues, config.encoder_max_len)
     labels = encode(tokenizer, [refs[0] if refs else "" for refs in split.references], config.decoder_max_len)
+    lengths = [len(ids) for ids in input_ids]
+    attention_mask = [[1] * n for n in lengths]
+    if config.pad_to_max_length:
+        input_ids = pad_to(input_ids, config.encoder_max_len, tokenizer.pad_token_id)
+        attention_mask = pad_to(attention_mask, config.encoder_max_len, 0)
+        labels = pad_to(labels, config.decoder_max_len, -100)
     return datasets.Dataset.from_dict({
         "input_ids": input_ids,
-        "attention_mask": [[1] * len(ids) for ids in input_ids],
+        "attention_mask": attention_mask,
         "labels": labels,
+        "length": lengths,
     })
 
 
 def tokenized(split: Split, tokenizer, config: TrainConfig):
-    """The tokenized split from the shared cache, or tokenized now and stored there.
+    """(dataset, came_from_cache): the tokenized split from the shared cache, or tokenized now and
+    stored there (unless --cache_tokenized=false).
 
     The directory is written beside its final name and renamed, so parallel trials sharing
     the cache volume never read a half-written entry.
     """
     import datasets
 
+    if not config.cache_tokenized:
+        return tokenize_split(split, tokenizer, config), False
     target = Path(config.cache_dir) / "tokenized" / cache_key(split, tokenizer, config)
     if target.is_dir():
         return datasets.load_from_disk(str(target)), True

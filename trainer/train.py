@@ -261,7 +261,8 @@ def prepare(config: TrainConfig):
     return train_split, eval_split, model_path, model_config
 
 
-def run(config: TrainConfig) -> None:
+def run(config: TrainConfig, callbacks=()) -> None:
+    """Train, evaluate every epoch, save; `callbacks` are extra TrainerCallbacks (the benchmark's probes)."""
     started = time.time()
     quiet_libraries()
     train_split, eval_split, model_path, model_config = prepare(config)
@@ -304,7 +305,7 @@ def run(config: TrainConfig) -> None:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=evaluation,
-        callbacks=make_callbacks(config, metrics_path, sigterm),
+        callbacks=[*make_callbacks(config, metrics_path, sigterm), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
     watch_sigterm(sigterm)

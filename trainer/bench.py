@@ -1,0 +1,470 @@
+"""`trainer bench`: where a trial's time goes, our trainer against the tuning guide's baseline setup.
+
+    trainer bench [--output bench.json] [--model PATH] [--plot bench.png] [--threads 1]
+
+Every figure comes from real `trainer` processes (trainer/benchwork.py runs the training command
+with a probe): start-up from process start to the first optimizer step, with a cold and a warm
+tokenization cache; one epoch of training; the evaluation after it (generate + Korean ROUGE);
+peak memory. `trainer --help` is timed on its own. Ours and the baseline run alternately, round
+after round (ABBA), and each figure is the median over the rounds, so load from other processes
+hits both alike: read the ratios, not the absolute numbers.
+
+The baseline is the guide's setup, expressed as flags of the same trainer (BASELINE_FLAGS):
+every example padded to 512/100 at tokenization, fp32, training batches in data order,
+evaluation in data order with the same batch size, tokenization redone every run, stock
+transformers beam search. `--against "flag=value ..."` compares with ours plus those flags
+instead: the measured effect of one optimization.
+
+Data is synthetic (built-in sample turns and summary sentences, joined to lengths drawn to
+follow the real data: LENGTHS below); the model is a small random BART on the built-in
+tokenizer unless --model names a local one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainer import builtin
+from trainer.config import FLAGS, UsageError, default_cache_dir, unknown_flag_message
+
+# Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
+# 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
+LENGTHS = {
+    "dialogue": {"mean": 330, "sigma": 0.45, "range": (60, 1000)},
+    "summary": {"mean": 40, "sigma": 0.30, "range": (10, 120)},
+}
+COMPETITION = {"train": 12457, "dev": 499}  # the competition's split sizes: start-up runs use them
+
+# The small model: KoBART's shape (6+6 layers, d_model 768, 30k vocabulary) scaled down.
+SMALL_BART = dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+                  max_position_embeddings=1026)
+
+# The same settings for both sides: the guide's batch sizes and generation.
+COMMON_FLAGS = ["--per_device_train_batch_size=8", "--per_device_eval_batch_size=32", "--num_beams=4",
+                "--no_repeat_ngram_size=2", "--generation_max_length=100", "--encoder_max_len=512",
+                "--decoder_max_len=100", "--num_train_epochs=1", "--early_stopping_patience=0",
+                "--logging_steps=100000", "--resume=false"]
+BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false"]
+
+# One trial as the plot shows it: the competition's data, a few epochs, and for ours an
+# --eval_max_samples subset each epoch plus the full evaluation at the end.
+TRIAL = {"epochs": 5, "eval_max_samples": 100}
+
+RATE_KEYS = ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s")
+TIME_KEYS = ("startup_cold_s", "startup_warm_s", "help_s")
+MEMORY_KEYS = ("peak_rss_mb",)
+
+
+# ---------------------------------------------------------------- synthetic data
+
+def draw_length(rng: random.Random, kind: str) -> int:
+    spec = LENGTHS[kind]
+    mu = math.log(spec["mean"]) - spec["sigma"] ** 2 / 2  # log-normal with the wanted mean
+    low, high = spec["range"]
+    return min(high, max(low, round(rng.lognormvariate(mu, spec["sigma"]))))
+
+
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+
+def pieces_until(rng: random.Random, pieces: list[str], counts: list[int], target: int) -> list[str]:
+    """Random pieces whose token counts add up to at least `target`."""
+    chosen, total = [], 0
+    while total < target:
+        i = rng.randrange(len(pieces))
+        chosen.append(pieces[i])
+        total += counts[i]
+    return chosen
+
+
+def cut_to_tokens(tokenizer, texts: list[str], targets: list[int]) -> list[str]:
+    """Each text cut after its target-th token (at a character offset, so it stays plain text)."""
+    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    return [text if len(spans) <= target else text[:spans[target - 1][1]]
+            for text, spans, target in zip(texts, offsets, targets)]
+
+
+def synthetic_rows(tokenizer, n: int, prefix: str, seed: int) -> list[dict]:
+    """Dialogues of built-in sample turns and summaries of sample sentences, cut to drawn lengths."""
+    sample = builtin.examples("train") + builtin.examples("dev")
+    turns = sorted({turn for row in sample for turn in row["dialogue"].split("\n")})
+    sentences = sorted({s for row in sample for s in re.split(r"(?<=\.)\s+", row["summary"]) if s})
+    turn_counts, sentence_counts = token_counts(tokenizer, turns), token_counts(tokenizer, sentences)
+    rng = random.Random(seed)
+    texts = {"dialogue": [], "summary": []}
+    targets = {"dialogue": [], "summary": []}
+    for _ in range(n):
+        for kind, pieces, counts, glue in (("dialogue", turns, turn_counts, "\n"),
+                                           ("summary", sentences, sentence_counts, " ")):
+            target = draw_length(rng, kind)
+            targets[kind].append(target)
+            texts[kind].append(glue.join(pieces_until(rng, pieces, counts, target)))
+    dialogues = cut_to_tokens(tokenizer, texts["dialogue"], targets["dialogue"])
+    summaries = cut_to_tokens(tokenizer, texts["summary"], targets["summary"])
+    return [{"fname": f"{prefix}_{i}", "dialogue": d, "summary": s, "topic": "bench"}
+            for i, (d, s) in enumerate(zip(dialogues, summaries))]
+
+
+def sample_tags() -> list[str]:
+    from trainer.data import TAG_PATTERN
+
+    return sorted({t for row in builtin.examples("train") for t in TAG_PATTERN.findall(row["dialogue"] + row["summary"])})
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=["fname", "dialogue", "summary", "topic"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def length_stats(lengths: list[int]) -> dict:
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {"mean": round(statistics.mean(ordered), 1), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+            "max": ordered[-1], "over_512": round(sum(n > 512 for n in ordered) / len(ordered), 3),
+            "over_700": round(sum(n > 700 for n in ordered) / len(ordered), 3)}
+
+
+# ---------------------------------------------------------------- model
+
+def small_bart(directory: Path, cache_dir: str) -> Path:
+    """A random BART of SMALL_BART's shape on the built-in tokenizer, saved as a local model."""
+    import torch
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model(cache_dir))
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id, "decoder_start_token_id": tokenizer.eos_token_id,
+           "forced_eos_token_id": tokenizer.eos_token_id}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BartForConditionalGeneration(BartConfig(vocab_size=len(tokenizer), **SMALL_BART, **ids))
+    model.generation_config.max_length = 100
+    tokenizer.save_pretrained(directory)
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def resolve_model(model: str, work: Path, cache_dir: str) -> str:
+    if not model:
+        return str(small_bart(work / "model", cache_dir))
+    if model == builtin.TINY:
+        return str(builtin.tiny_model(cache_dir))
+    if not (Path(model) / "config.json").is_file():
+        raise UsageError(f"--model {model!r}: not a local model directory (no config.json); "
+                         "give a saved model's directory or builtin:tiny")
+    return model
+
+
+# ---------------------------------------------------------------- running trainer processes
+
+def worker_env(threads: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_worker(mode: str, flags: list[str], env: dict) -> dict:
+    """Spawn benchwork, return its marks with `spawned` (the wall-clock start) added."""
+    spawned = time.time()
+    result = subprocess.run([sys.executable, "-m", "trainer.benchwork", mode, *flags], capture_output=True,
+                            text=True, env=env, timeout=1800)
+    marks = next((json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("BENCH ")), None)
+    if marks is None:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        if lines[-1].startswith("trainer: error: "):
+            raise UsageError(lines[-1][len("trainer: error: "):])
+        raise RuntimeError(f"benchmark run failed (exit {result.returncode}): {' '.join(flags)}\n"
+                           + "\n".join(lines[-15:]))
+    return {**marks, "spawned": spawned}
+
+
+def time_command(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")
+    return time.perf_counter() - started
+
+
+# `trainer --help` against what a script that imports everything up front pays before its help.
+HELP_COMMANDS = {
+    "ours": [sys.executable, "-m", "trainer.cli", "--help"],
+    "baseline": [sys.executable, "-c", "import torch, datasets, transformers; from transformers import "
+                 "Seq2SeqTrainer; from trainer.cli import main; main(['--help'])"],
+}
+
+
+def measure(flags: dict[str, list[str]], startup_data: list[str], trial_data: list[str], work: Path,
+            repeats: int, env: dict, say) -> dict[str, list[dict]]:
+    """Per setup, one record per round: help, start-up (cold and warm), one trial."""
+    records = {"ours": [], "baseline": []}
+    time_command([sys.executable, "-c", "import torch, transformers, datasets"], env)  # warm the file cache
+    for round_ in range(repeats):
+        order = ("ours", "baseline") if round_ % 2 == 0 else ("baseline", "ours")
+
+        def dirs(name: str, tag: str, cache: str) -> list[str]:
+            return [f"--output_dir={work / 'runs' / f'{name}-{tag}-{round_}'}", f"--cache_dir={work / 'cache' / cache}"]
+
+        record = {name: {} for name in order}
+        for name in order:
+            record[name]["help_s"] = time_command(HELP_COMMANDS[name], env)
+        for name in order:
+            cache = f"{name}-startup-{round_}"  # empty: cold
+            cold = run_worker("startup", [*flags[name], *startup_data, *dirs(name, "cold", cache)], env)
+            warm = run_worker("startup", [*flags[name], *startup_data, *dirs(name, "warm", cache)], env)
+            record[name]["startup_cold_s"] = cold["first_step"] - cold["spawned"]
+            record[name]["startup_warm_s"] = warm["first_step"] - warm["spawned"]
+        say(f"round {round_ + 1}/{repeats}: start-up measured")
+        for name in order:
+            marks = run_worker("trial", [*flags[name], *trial_data, *dirs(name, "trial", f"{name}-trials")], env)
+            record[name].update(trial_figures(marks))
+        say(f"round {round_ + 1}/{repeats}: training and evaluation measured")
+        for name in order:
+            records[name].append(record[name])
+    return records
+
+
+def trial_figures(marks: dict) -> dict:
+    return {"train_s": marks["train_end"] - marks["train_start"], "eval_s": marks["eval_end"] - marks["train_end"],
+            **{k: v for k, v in marks.items() if k.startswith("peak_")}}
+
+
+# ---------------------------------------------------------------- figures
+
+def median_figures(records: list[dict], n_train: int, n_eval: int, train_tokens: int) -> dict:
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in records)
+
+    figures = {
+        "train_samples_per_s": n_train / med("train_s"),
+        "train_tokens_per_s": train_tokens / med("train_s"),
+        "eval_samples_per_s": n_eval / med("eval_s"),
+        "startup_cold_s": med("startup_cold_s"),
+        "startup_warm_s": med("startup_warm_s"),
+        "help_s": med("help_s"),
+        "peak_rss_mb": med("peak_rss_mb"),
+    }
+    if all("peak_gpu_mb" in r for r in records):
+        figures["peak_gpu_mb"] = med("peak_gpu_mb")
+    return {k: round(v, 3) for k, v in figures.items()}
+
+
+def ratios(ours: dict, baseline: dict) -> dict:
+    """How many times better ours is: rates ours/baseline, times and memory baseline/ours."""
+    out = {}
+    for key in ours:
+        if key not in baseline or not ours[key] or not baseline[key]:
+            continue
+        better_high = key in RATE_KEYS
+        out[key] = round(ours[key] / baseline[key] if better_high else baseline[key] / ours[key], 2)
+    out["startup_warm_vs_cold"] = round(ours["startup_cold_s"] / ours["startup_warm_s"], 2)
+    return out
+
+
+def trial_phases(figures: dict, subset: int) -> dict:
+    """Seconds per phase of one TRIAL on the competition's data, from the measured rates."""
+    evaluated = min(subset, COMPETITION["dev"]) if subset else COMPETITION["dev"]
+    return {
+        "start-up": figures["startup_warm_s"],
+        "training": TRIAL["epochs"] * COMPETITION["train"] / figures["train_samples_per_s"],
+        "evaluation": TRIAL["epochs"] * evaluated / figures["eval_samples_per_s"],
+        "final evaluation": COMPETITION["dev"] / figures["eval_samples_per_s"] if subset else 0.0,
+    }
+
+
+LABELS = {
+    "train_samples_per_s": "training samples/s",
+    "train_tokens_per_s": "training tokens/s (real, no padding)",
+    "eval_samples_per_s": "evaluation samples/s (generate+ROUGE)",
+    "startup_cold_s": "start-up, cold cache (s)",
+    "startup_warm_s": "start-up, warm cache (s)",
+    "help_s": "trainer --help (s)",
+    "peak_rss_mb": "peak RSS (MB)",
+    "peak_gpu_mb": "peak GPU memory (MB)",
+}
+
+
+def table(result: dict) -> str:
+    ours, baseline, ratio = result["ours"], result["baseline"], result["ratios"]
+    lines = [f"{'':40} {'ours':>10} {'baseline':>10} {'ratio':>8}"]
+    for key, label in LABELS.items():
+        if key in ours:
+            lines.append(f"{label:40} {ours[key]:>10.2f} {baseline[key]:>10.2f} {ratio.get(key, 0):>7.2f}x")
+    lines.append(f"{'ours: warm start-up vs cold':40} {'':>10} {'':>10} {ratio['startup_warm_vs_cold']:>7.2f}x")
+    lines.append("ratio: how many times better ours is (faster, or less memory)")
+    return "\n".join(lines)
+
+
+def draw_plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = result["trial"]
+    names = list(phases)
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    for row, name in enumerate(names):
+        left = 0.0
+        for phase, seconds in phases[name].items():
+            hours = seconds / 3600
+            ax.barh(row, hours, left=left, color=PHASE_COLORS[phase], label=phase if row == 0 else None)
+            left += hours
+        ax.text(left, row, f" {left:.1f} h", va="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("hours (projected from the measured rates)")
+    setup = result["setup"]
+    ax.set_title(f"One trial: {TRIAL['epochs']} epochs on {COMPETITION['train']} dialogues, "
+                 f"{COMPETITION['dev']} evaluated ({setup['device']})", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8, ncols=4, bbox_to_anchor=(1, 1.12), frameon=False)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PHASE_COLORS = {"start-up": "#9e9e9e", "training": "#1f77b4", "evaluation": "#ff7f0e", "final evaluation": "#d62728"}
+
+
+# ---------------------------------------------------------------- the command
+
+def parse_against(against: str) -> list[str]:
+    flags = []
+    for item in shlex.split(str(against).replace(",", " ")):
+        name, sep, value = item.lstrip("-").partition("=")
+        if not sep:
+            raise UsageError(f"--against {item!r}: expected flag=value, e.g. --against group_by_length=false")
+        if name not in FLAGS:
+            raise UsageError(f"--against {item!r}: {unknown_flag_message(name)}")
+        flags.append(f"--{name}={value}")
+    return flags
+
+
+def whole(name: str, value, least: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name}={value!r} is not a whole number") from None
+    if number < least or isinstance(value, bool):
+        raise UsageError(f"--{name}={value!r} must be a whole number >= {least}")
+    return number
+
+
+def device_flags() -> tuple[str, list[str]]:
+    """The accelerator's name, and the precision ours uses on it (bf16 where CUDA has it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return name, ["--bf16=true"] if torch.cuda.is_bf16_supported() else []
+    return f"CPU ({os.cpu_count()} cores)", []
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def bench(output: str = "bench.json", model: str = "", train_examples: int = 128, eval_examples: int = 96,
+          startup_examples: int = COMPETITION["train"], repeats: int = 3, threads: int = 0, against: str = "",
+          plot: str = "") -> None:
+    """Measure training, evaluation, start-up, --help and memory, ours against the guide's baseline setup.
+
+    Args:
+        output: JSON file for the figures ({"ours", "baseline", "ratios", ...})
+        model: a local model directory or builtin:tiny (default: a small random BART)
+        train_examples: training examples per measured epoch
+        eval_examples: evaluation examples per measured evaluation
+        startup_examples: training-set size of the start-up runs (the competition's by default)
+        repeats: rounds of ours/baseline runs; each figure is the median over them
+        threads: torch threads per run (0 = torch's default)
+        against: compare with ours plus these flags (e.g. "group_by_length=false") instead of the baseline
+        plot: also draw the per-phase time of one trial to this PNG
+    """
+    train_examples = whole("train_examples", train_examples, 1)
+    eval_examples = whole("eval_examples", eval_examples, 1)
+    startup_examples = whole("startup_examples", startup_examples, 1)
+    repeats = whole("repeats", repeats, 1)
+    threads = whole("threads", threads, 0)
+    baseline_flags = parse_against(against) if against else BASELINE_FLAGS
+    if plot and not str(plot).endswith(".png"):
+        raise UsageError(f"--plot={plot!r}: give a .png path")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch is imported here
+
+    cache_dir = default_cache_dir()
+    with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
+        work = Path(tmp)
+        model_path = resolve_model(str(model) if model else "", work, cache_dir)
+        device, precision = device_flags()
+        say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
+        data, stats, train_tokens = make_data(model_path, work, startup_examples, train_examples, eval_examples)
+        common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
+        flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
+        startup_data = [f"--train_file={data['train']}", f"--eval_file={data['dev']}"]
+        trial_data = [*startup_data, f"--max_train_samples={train_examples}", f"--max_eval_samples={eval_examples}"]
+        records = measure(flags, startup_data, trial_data, work, repeats, worker_env(threads), say)
+
+    n_train, n_eval = min(train_examples, startup_examples), min(eval_examples, COMPETITION["dev"])
+    result = {name: median_figures(records[name], n_train, n_eval, train_tokens) for name in ("ours", "baseline")}
+    result["ratios"] = ratios(result["ours"], result["baseline"])
+    result["trial"] = {"ours": trial_phases(result["ours"], TRIAL["eval_max_samples"]),
+                       "baseline": trial_phases(result["baseline"], 0)}
+    result["setup"] = {"device": device, "threads": threads or "torch default", "repeats": repeats,
+                       "model": model or f"small random BART {SMALL_BART}", "train_examples": n_train,
+                       "eval_examples": n_eval, "startup_examples": startup_examples,
+                       "ours_flags": flags["ours"][len(common):], "baseline_flags": flags["baseline"][len(common):],
+                       "common_flags": COMMON_FLAGS, "trial": {**TRIAL, **COMPETITION}}
+    result["data"] = stats
+    result["runs"] = records
+    print(table(result), flush=True)
+    Path(output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    say(f"figures written to {output}")
+    if plot:
+        draw_plot(result, plot)
+        say(f"plot written to {plot}")
+
+
+def make_data(model_path: str, work: Path, n_train: int, n_trial_train: int, n_trial_eval: int):
+    """The CSVs, their length statistics in the model's tokens, and the real tokens of one trial epoch."""
+    from trainer.config import TrainConfig
+    from trainer.data import encode
+    from trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, sample_tags())  # as the trainer will see the text
+    train = synthetic_rows(tokenizer, n_train, "train", seed=1)
+    dev = synthetic_rows(tokenizer, COMPETITION["dev"], "dev", seed=2)
+    paths = {"train": work / "train.csv", "dev": work / "dev.csv"}
+    write_csv(paths["train"], train)
+    write_csv(paths["dev"], dev)
+
+    measured = train[:max(n_trial_train, 2000)]
+    stats = {"dialogue_tokens": length_stats(token_counts(tokenizer, [r["dialogue"] for r in measured])),
+             "summary_tokens": length_stats(token_counts(tokenizer, [r["summary"] for r in measured])),
+             "measured_on": len(measured), "drawn_from": LENGTHS}
+    trial, limits = train[:n_trial_train], TrainConfig()
+    tokens = sum(len(ids) for ids in encode(tokenizer, [r["dialogue"] for r in trial], limits.encoder_max_len))
+    tokens += sum(len(ids) for ids in encode(tokenizer, [r["summary"] for r in trial], limits.decoder_max_len))
+    return paths, stats, tokens

@@ -1,0 +1,83 @@
+"""One measured trainer process for `trainer bench`: python -m trainer.benchwork MODE --flag=value ...
+
+It runs the real training command (train.run) with one extra callback that notes when each
+phase ends and prints them as one `BENCH {json}` line:
+
+    startup   leave right after the first optimizer step (start-up time)
+    trial     one epoch of training, the evaluation after it, then leave (throughput, memory)
+
+Times are wall-clock (time.time()), so the parent can subtract the moment it spawned us.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+MODES = ("startup", "trial")
+
+
+def peak_memory() -> dict:
+    import torch
+
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    if torch.cuda.is_available():
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def finish(marks: dict) -> None:
+    sys.stdout.write("BENCH " + json.dumps({**marks, **peak_memory()}) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip checkpointing and the end-of-run work: not what is measured
+
+
+def probe(mode: str):
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self):
+            self.marks = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.marks.setdefault("train_start", time.time())
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if "first_step" not in self.marks:
+                self.marks["first_step"] = time.time()
+                if mode == "startup":
+                    finish(self.marks)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.marks["train_end"] = time.time()
+            self.marks["steps"] = state.global_step
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.marks["eval_end"] = time.time()
+            finish(self.marks)
+
+    return Probe()
+
+
+def main(argv: list[str]) -> None:
+    from trainer.cli import flag_names  # the CLI module, as `trainer` imports it
+    from trainer.config import UsageError, build_config
+    from trainer.train import run
+
+    mode, flags = argv[0], argv[1:]
+    if mode not in MODES:
+        raise SystemExit(f"benchwork: mode must be one of {MODES}, got {mode!r}")
+    values = dict(zip(flag_names(flags), (f.split("=", 1)[1] for f in flags)))
+    try:
+        run(build_config(values), callbacks=[probe(mode)])
+    except UsageError as error:
+        print(f"trainer: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    raise SystemExit("benchwork: the run ended before the probe's last mark")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
