@@ -58,6 +58,7 @@ class TrainConfig:
     max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
     max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
     # speed (docs/performance.md: each one's measured effect)
+    group_by_length: bool = _flag(True, "batch training examples of similar length together (less padding)")
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
                                            "(static shapes; slower)")
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")

@@ -112,7 +112,31 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
         disable_tqdm=not sys.stdout.isatty(),
         enable_jit_checkpoint=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
+
+
+def trainer_class():
+    """Seq2SeqTrainer with two sampler fixes; a function so transformers is imported only when training."""
+    from torch.utils.data import SequentialSampler
+    from transformers import Seq2SeqTrainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class Trainer(Seq2SeqTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            # transformers drops the `length` column before it builds this sampler, then measures
+            # every example again: use the lengths stored with the tokens instead.
+            if self.args.train_sampling_strategy != "group_by_length" or "length" not in self.train_dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=list(self.train_dataset["length"]))
+
+        def _get_eval_sampler(self, eval_dataset):
+            # With group_by_length transformers also shuffles evaluation; predictions must come back in
+            # the evaluation dataset's own order, which Evaluation maps to the references.
+            return SequentialSampler(eval_dataset)
+
+    return Trainer
 
 
 class Evaluation:
@@ -269,7 +293,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if config.report_to == "wandb":
         setup_wandb(config)
 
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
 
     tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split))
     train_dataset, train_cached = tokenized(train_split, tokenizer, config)
@@ -297,7 +321,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
 
     evaluation = Evaluation(tokenizer, eval_split)
     sigterm = {"seen": False}
-    trainer = Seq2SeqTrainer(
+    trainer = trainer_class()(
         model=model,
         args=training_arguments(config, fp16, bf16),
         train_dataset=train_dataset,
