@@ -139,13 +139,22 @@ def trainer_class():
     return Trainer
 
 
-class Evaluation:
-    """compute_metrics for the Trainer, keeping the last predictions for predictions.csv."""
+def eval_order(lengths: list[int], indices, by_length: bool) -> list[int]:
+    """The order to evaluate `indices` in: longest first when by_length (batches of similar length
+    need little padding; a batch too big for memory fails at once), else as given."""
+    return sorted(indices, key=lambda i: -lengths[i]) if by_length else list(indices)
 
-    def __init__(self, tokenizer, split: Split):
+
+class Evaluation:
+    """compute_metrics for the Trainer. The evaluated dataset holds the examples `order` lists, in
+    that order (sorted by length); predictions are mapped back to their examples and scored in the
+    data's own order, so neither the metric nor predictions.csv depends on the evaluation order."""
+
+    def __init__(self, tokenizer, split: Split, order: list[int]):
         self.tokenizer = tokenizer
         self.split = split
-        self.predictions: list[str] = []
+        self.order = order
+        self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
 
     def __call__(self, eval_prediction) -> dict[str, float]:
         import numpy as np
@@ -153,8 +162,11 @@ class Evaluation:
         ids = np.asarray(eval_prediction.predictions)
         ids = np.where(ids < 0, self.tokenizer.pad_token_id, ids)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
-        self.predictions = [clean_prediction(t) for t in texts]
-        return korean_rouge(self.predictions, self.split.references)
+        if len(texts) != len(self.order):
+            raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
+        self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
+        indices = sorted(self.predictions)
+        return korean_rouge([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
 
 
 def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict):
@@ -319,13 +331,14 @@ def run(config: TrainConfig, callbacks=()) -> None:
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
-    evaluation = Evaluation(tokenizer, eval_split)
+    order = eval_order(list(eval_dataset["length"]), range(len(eval_dataset)), config.sort_eval_by_length)
+    evaluation = Evaluation(tokenizer, eval_split, order)
     sigterm = {"seen": False}
     trainer = trainer_class()(
         model=model,
         args=training_arguments(config, fp16, bf16),
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        eval_dataset=eval_dataset.select(order),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=evaluation,
@@ -347,7 +360,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
     for checkpoint in output_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
     if evaluation.predictions:
-        write_predictions(output_dir / "predictions.csv", eval_split, evaluation.predictions)
+        write_predictions(output_dir / "predictions.csv", eval_split,
+                          [evaluation.predictions[i] for i in range(len(eval_split.ids))])
     write_summary(output_dir / "metrics.json", config, read_records(metrics_path), time.time() - started,
                   {"model": model_path, "train_examples": len(train_split.ids),
                    "eval_examples": len(eval_split.ids), "best_model_dir": str(output_dir / BEST_MODEL_DIR)})
