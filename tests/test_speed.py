@@ -1,4 +1,5 @@
-"""The speed features change how fast, never what comes out: evaluation order, padding."""
+"""The speed features change how fast, never what comes out: evaluation order, the beam-search
+cache, padding."""
 
 import csv
 import json
@@ -71,6 +72,31 @@ def test_length_order_is_longest_first():
     assert eval_order(lengths, range(5), by_length=True) == [1, 2, 4, 0, 3]  # longest first, ties stay in order
     assert eval_order(lengths, [0, 3, 4], by_length=True) == [4, 0, 3]
     assert eval_order(lengths, range(5), by_length=False) == [0, 1, 2, 3, 4]
+
+
+def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from trainer import builtin
+    from trainer.train import reorder_self_attention_only
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(builtin.tiny_model(tmp_path)).eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = [40, 7, 23, 60]
+    input_ids = torch.full((len(lengths), max(lengths)), model.config.pad_token_id)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, n in enumerate(lengths):
+        input_ids[row, :n] = torch.randint(10, 1000, (n,), generator=generator)
+        attention_mask[row, :n] = 1
+    settings = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=4, num_return_sequences=2,
+                    max_length=30, no_repeat_ngram_size=2, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        stock = model.generate(**settings)
+        model._reorder_cache = reorder_self_attention_only
+        lean = model.generate(**settings)
+    assert torch.equal(stock.sequences, lean.sequences)
+    assert torch.equal(stock.sequences_scores, lean.sequences_scores)
 
 
 def test_padding_to_max_length_and_no_cache(tmp_path):

@@ -60,6 +60,8 @@ class TrainConfig:
     # speed (docs/performance.md: each one's measured effect)
     group_by_length: bool = _flag(True, "batch training examples of similar length together (less padding)")
     sort_eval_by_length: bool = _flag(True, "evaluate in order of length (less padding); results keep the data's order")
+    lean_beam_search: bool = _flag(True, "beam search reorders only the decoder's self-attention cache (the "
+                                         "cross-attention cache is the same for every beam of an example)")
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
                                            "(static shapes; slower)")
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")

@@ -139,6 +139,20 @@ def trainer_class():
     return Trainer
 
 
+def reorder_self_attention_only(cache, beam_idx):
+    """Beam search's cache reordering without the cross-attention half. Those keys/values come from
+    the encoder output, identical for every beam of an example, and beams are only ever reordered
+    within their example: copying them each step (batch x beams x input length x d_model, per layer)
+    changes nothing. Set as the model's _reorder_cache, which generate() calls when present."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    if isinstance(cache, EncoderDecoderCache):
+        cache.self_attention_cache.reorder_cache(beam_idx)
+    else:
+        cache.reorder_cache(beam_idx)
+    return cache
+
+
 def eval_order(lengths: list[int], indices, by_length: bool) -> list[int]:
     """The order to evaluate `indices` in: longest first when by_length (batches of similar length
     need little padding; a batch too big for memory fails at once), else as given."""
@@ -320,6 +334,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
     generation.no_repeat_ngram_size = config.no_repeat_ngram_size
     generation.length_penalty = config.length_penalty
     generation.max_length = config.generation_max_length
+    if config.lean_beam_search and model.config.is_encoder_decoder:
+        model._reorder_cache = reorder_self_attention_only
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
