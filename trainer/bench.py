@@ -3,21 +3,22 @@
     trainer bench [--output bench.json] [--model PATH] [--plot bench.png] [--threads 1]
 
 Every figure comes from real `trainer` processes (trainer/benchwork.py runs the training command
-with a probe): start-up from process start to the first optimizer step, with a cold and a warm
-tokenization cache; one epoch of training; the evaluation after it (generate + Korean ROUGE);
-peak memory. `trainer --help` is timed on its own. Ours and the baseline run alternately, round
-after round (ABBA), and each figure is the median over the rounds, so load from other processes
-hits both alike: read the ratios, not the absolute numbers.
+with a probe): start-up from process start to the first optimizer step, with a cold and with a
+warm tokenization cache; training (one of transformers' length groups: 50 batches); the
+evaluation after it (generate + Korean ROUGE); peak memory. `trainer --help` is timed on its
+own. Ours and the baseline run alternately, round after round (ABBA), and each figure is the
+median over the rounds, so load from other processes hits both alike: read the ratios, not the
+absolute numbers.
 
-The baseline is the guide's setup, expressed as flags of the same trainer (BASELINE_FLAGS):
+The baseline is the guide's setup, written as flags of the same trainer (BASELINE_FLAGS):
 every example padded to 512/100 at tokenization, fp32, training batches in data order,
 evaluation in data order with the same batch size, tokenization redone every run, stock
-transformers beam search. `--against "flag=value ..."` compares with ours plus those flags
-instead: the measured effect of one optimization.
+transformers beam search. `--against "flag=value ..."` compares ours with ours plus those
+flags instead: the measured effect of one optimization.
 
-Data is synthetic (built-in sample turns and summary sentences, joined to lengths drawn to
-follow the real data: LENGTHS below); the model is a small random BART on the built-in
-tokenizer unless --model names a local one.
+Data is synthetic (built-in sample turns and summary sentences, cut to lengths drawn to follow
+the real data: LENGTHS below); the model is a small random BART on the built-in tokenizer
+unless --model names a local one.
 """
 
 from __future__ import annotations
@@ -45,18 +46,22 @@ LENGTHS = {
     "dialogue": {"mean": 330, "sigma": 0.45, "range": (60, 1000)},
     "summary": {"mean": 40, "sigma": 0.30, "range": (10, 120)},
 }
-COMPETITION = {"train": 12457, "dev": 499}  # the competition's split sizes: start-up runs use them
+COMPETITION = {"train": 12457, "dev": 499}  # the competition's split sizes
 
-# The small model: KoBART's shape (6+6 layers, d_model 768, 30k vocabulary) scaled down.
-SMALL_BART = dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+# KoBART's layout (encoder-decoder, 4 heads per 128 wide, FFN 4x) at 1/6 of its width and half
+# its depth, so that a 2-core CPU measures it in minutes.
+SMALL_BART = dict(d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
                   max_position_embeddings=1026)
 
-# The same settings for both sides: the guide's batch sizes and generation.
-COMMON_FLAGS = ["--per_device_train_batch_size=8", "--per_device_eval_batch_size=32", "--num_beams=4",
-                "--no_repeat_ngram_size=2", "--generation_max_length=100", "--encoder_max_len=512",
-                "--decoder_max_len=100", "--num_train_epochs=1", "--early_stopping_patience=0",
-                "--logging_steps=100000", "--resume=false"]
+TRAIN_BATCH = 8
+# The same settings for both sides: the guide's batch sizes, lengths and beam search. A random
+# model never says </s>, so every summary would run to the cap; 64 is about where a trained
+# model's batch of 32 summaries (~40 tokens each, 99th percentile ~80) stops.
+COMMON_FLAGS = [f"--per_device_train_batch_size={TRAIN_BATCH}", "--per_device_eval_batch_size=32",
+                "--num_beams=4", "--no_repeat_ngram_size=2", "--generation_max_length=64",
+                "--encoder_max_len=512", "--decoder_max_len=100", "--num_train_epochs=1",
+                "--early_stopping_patience=0", "--logging_steps=100000", "--resume=false"]
 BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false", "--group_by_length=false",
                   "--sort_eval_by_length=false", "--lean_beam_search=false"]
 
@@ -65,8 +70,6 @@ BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false", "--grou
 TRIAL = {"epochs": 5, "eval_max_samples": 100}
 
 RATE_KEYS = ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s")
-TIME_KEYS = ("startup_cold_s", "startup_warm_s", "help_s")
-MEMORY_KEYS = ("peak_rss_mb",)
 
 
 # ---------------------------------------------------------------- synthetic data
@@ -186,17 +189,17 @@ def worker_env(threads: int) -> dict:
     return env
 
 
-def run_worker(mode: str, flags: list[str], env: dict) -> dict:
-    """Spawn benchwork, return its marks with `spawned` (the wall-clock start) added."""
+def run_worker(argv: list[str], env: dict) -> dict:
+    """Spawn benchwork (argv: mode, then flags); its marks, with `spawned` (the wall-clock start) added."""
     spawned = time.time()
-    result = subprocess.run([sys.executable, "-m", "trainer.benchwork", mode, *flags], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "trainer.benchwork", *argv], capture_output=True,
                             text=True, env=env, timeout=1800)
     marks = next((json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("BENCH ")), None)
     if marks is None:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
         if lines[-1].startswith("trainer: error: "):
             raise UsageError(lines[-1][len("trainer: error: "):])
-        raise RuntimeError(f"benchmark run failed (exit {result.returncode}): {' '.join(flags)}\n"
+        raise RuntimeError(f"benchmark run failed (exit {result.returncode}): {' '.join(argv)}\n"
                            + "\n".join(lines[-15:]))
     return {**marks, "spawned": spawned}
 
@@ -217,9 +220,9 @@ HELP_COMMANDS = {
 }
 
 
-def measure(flags: dict[str, list[str]], startup_data: list[str], trial_data: list[str], work: Path,
-            repeats: int, env: dict, say) -> dict[str, list[dict]]:
-    """Per setup, one record per round: help, start-up (cold and warm), one trial."""
+def measure(flags: dict[str, list[str]], data: list[str], eval_examples: int, train_steps: int, work: Path,
+            repeats: int, env: dict) -> dict[str, list[dict]]:
+    """Per setup, one record per round: --help, start-up (cold, then warm), one trial."""
     records = {"ours": [], "baseline": []}
     time_command([sys.executable, "-c", "import torch, transformers, datasets"], env)  # warm the file cache
     for round_ in range(repeats):
@@ -233,34 +236,33 @@ def measure(flags: dict[str, list[str]], startup_data: list[str], trial_data: li
             record[name]["help_s"] = time_command(HELP_COMMANDS[name], env)
         for name in order:
             cache = f"{name}-startup-{round_}"  # empty: cold
-            cold = run_worker("startup", [*flags[name], *startup_data, *dirs(name, "cold", cache)], env)
-            warm = run_worker("startup", [*flags[name], *startup_data, *dirs(name, "warm", cache)], env)
+            cold = run_worker(["startup", *flags[name], *data, *dirs(name, "cold", cache)], env)
+            warm = run_worker(["startup", *flags[name], *data, *dirs(name, "warm", cache)], env)
             record[name]["startup_cold_s"] = cold["first_step"] - cold["spawned"]
             record[name]["startup_warm_s"] = warm["first_step"] - warm["spawned"]
         say(f"round {round_ + 1}/{repeats}: start-up measured")
         for name in order:
-            marks = run_worker("trial", [*flags[name], *trial_data, *dirs(name, "trial", f"{name}-trials")], env)
-            record[name].update(trial_figures(marks))
+            marks = run_worker([f"trial={train_steps}", *flags[name], *data, f"--max_eval_samples={eval_examples}",
+                                *dirs(name, "trial", f"{name}-trials")], env)
+            record[name].update(train_s=marks["train_end"] - marks["train_start"], steps=marks["steps"],
+                                eval_s=marks["eval_end"] - marks["train_end"],
+                                **{k: v for k, v in marks.items() if k.startswith("peak_")})
         say(f"round {round_ + 1}/{repeats}: training and evaluation measured")
         for name in order:
             records[name].append(record[name])
     return records
 
 
-def trial_figures(marks: dict) -> dict:
-    return {"train_s": marks["train_end"] - marks["train_start"], "eval_s": marks["eval_end"] - marks["train_end"],
-            **{k: v for k, v in marks.items() if k.startswith("peak_")}}
-
-
 # ---------------------------------------------------------------- figures
 
-def median_figures(records: list[dict], n_train: int, n_eval: int, train_tokens: int) -> dict:
+def median_figures(records: list[dict], n_train: int, n_eval: int, tokens_per_example: float) -> dict:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in records)
 
+    samples_per_s = statistics.median(min(r["steps"] * TRAIN_BATCH, n_train) / r["train_s"] for r in records)
     figures = {
-        "train_samples_per_s": n_train / med("train_s"),
-        "train_tokens_per_s": train_tokens / med("train_s"),
+        "train_samples_per_s": samples_per_s,
+        "train_tokens_per_s": samples_per_s * tokens_per_example,
         "eval_samples_per_s": n_eval / med("eval_s"),
         "startup_cold_s": med("startup_cold_s"),
         "startup_warm_s": med("startup_warm_s"),
@@ -388,25 +390,25 @@ def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
-def bench(output: str = "bench.json", model: str = "", train_examples: int = 128, eval_examples: int = 96,
-          startup_examples: int = COMPETITION["train"], repeats: int = 3, threads: int = 0, against: str = "",
+def bench(output: str = "bench.json", model: str = "", train_examples: int = COMPETITION["train"],
+          train_steps: int = 50, eval_examples: int = 128, repeats: int = 2, threads: int = 0, against: str = "",
           plot: str = "") -> None:
     """Measure training, evaluation, start-up, --help and memory, ours against the guide's baseline setup.
 
     Args:
         output: JSON file for the figures ({"ours", "baseline", "ratios", ...})
         model: a local model directory or builtin:tiny (default: a small random BART)
-        train_examples: training examples per measured epoch
-        eval_examples: evaluation examples per measured evaluation
-        startup_examples: training-set size of the start-up runs (the competition's by default)
+        train_examples: synthetic training set size, all tokenized at start-up (the competition's by default)
+        train_steps: optimizer steps of 8 examples measured per run (50: one of transformers' length groups)
+        eval_examples: examples evaluated per run (128: 4 batches of 32)
         repeats: rounds of ours/baseline runs; each figure is the median over them
         threads: torch threads per run (0 = torch's default)
         against: compare with ours plus these flags (e.g. "group_by_length=false") instead of the baseline
         plot: also draw the per-phase time of one trial to this PNG
     """
     train_examples = whole("train_examples", train_examples, 1)
+    train_steps = whole("train_steps", train_steps, 1)
     eval_examples = whole("eval_examples", eval_examples, 1)
-    startup_examples = whole("startup_examples", startup_examples, 1)
     repeats = whole("repeats", repeats, 1)
     threads = whole("threads", threads, 0)
     baseline_flags = parse_against(against) if against else BASELINE_FLAGS
@@ -415,27 +417,27 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = 128
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch is imported here
 
-    cache_dir = default_cache_dir()
+    n_eval = min(eval_examples, COMPETITION["dev"])
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         work = Path(tmp)
-        model_path = resolve_model(str(model) if model else "", work, cache_dir)
+        model_path = resolve_model(str(model) if model else "", work, default_cache_dir())
         device, precision = device_flags()
         say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
-        data, stats, train_tokens = make_data(model_path, work, startup_examples, train_examples, eval_examples)
+        files, stats = make_data(model_path, work, train_examples)
         common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
         flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
-        startup_data = [f"--train_file={data['train']}", f"--eval_file={data['dev']}"]
-        trial_data = [*startup_data, f"--max_train_samples={train_examples}", f"--max_eval_samples={eval_examples}"]
-        records = measure(flags, startup_data, trial_data, work, repeats, worker_env(threads), say)
+        data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}"]
+        records = measure(flags, data, n_eval, train_steps, work, repeats, worker_env(threads))
 
-    n_train, n_eval = min(train_examples, startup_examples), min(eval_examples, COMPETITION["dev"])
-    result = {name: median_figures(records[name], n_train, n_eval, train_tokens) for name in ("ours", "baseline")}
+    tokens_per_example = stats["real_tokens_per_example"]
+    result = {name: median_figures(records[name], train_examples, n_eval, tokens_per_example)
+              for name in ("ours", "baseline")}
     result["ratios"] = ratios(result["ours"], result["baseline"])
     result["trial"] = {"ours": trial_phases(result["ours"], TRIAL["eval_max_samples"]),
                        "baseline": trial_phases(result["baseline"], 0)}
     result["setup"] = {"device": device, "threads": threads or "torch default", "repeats": repeats,
-                       "model": model or f"small random BART {SMALL_BART}", "train_examples": n_train,
-                       "eval_examples": n_eval, "startup_examples": startup_examples,
+                       "model": model or f"small random BART {SMALL_BART}", "train_examples": train_examples,
+                       "train_steps": train_steps, "eval_examples": n_eval,
                        "ours_flags": flags["ours"][len(common):], "baseline_flags": flags["baseline"][len(common):],
                        "common_flags": COMMON_FLAGS, "trial": {**TRIAL, **COMPETITION}}
     result["data"] = stats
@@ -448,24 +450,27 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = 128
         say(f"plot written to {plot}")
 
 
-def make_data(model_path: str, work: Path, n_train: int, n_trial_train: int, n_trial_eval: int):
-    """The CSVs, their length statistics in the model's tokens, and the real tokens of one trial epoch."""
+def make_data(model_path: str, work: Path, n_train: int):
+    """train.csv and dev.csv, and their length statistics in the model's tokens (as the trainer
+    tokenizes: tags as special tokens; real tokens count <s> and </s> and stop at 512/100)."""
     from trainer.config import TrainConfig
     from trainer.data import encode
     from trainer.model import load_tokenizer
 
-    tokenizer = load_tokenizer(model_path, sample_tags())  # as the trainer will see the text
+    tokenizer = load_tokenizer(model_path, sample_tags())
     train = synthetic_rows(tokenizer, n_train, "train", seed=1)
     dev = synthetic_rows(tokenizer, COMPETITION["dev"], "dev", seed=2)
-    paths = {"train": work / "train.csv", "dev": work / "dev.csv"}
-    write_csv(paths["train"], train)
-    write_csv(paths["dev"], dev)
+    files = {"train": work / "train.csv", "dev": work / "dev.csv"}
+    write_csv(files["train"], train)
+    write_csv(files["dev"], dev)
 
-    measured = train[:max(n_trial_train, 2000)]
-    stats = {"dialogue_tokens": length_stats(token_counts(tokenizer, [r["dialogue"] for r in measured])),
-             "summary_tokens": length_stats(token_counts(tokenizer, [r["summary"] for r in measured])),
-             "measured_on": len(measured), "drawn_from": LENGTHS}
-    trial, limits = train[:n_trial_train], TrainConfig()
-    tokens = sum(len(ids) for ids in encode(tokenizer, [r["dialogue"] for r in trial], limits.encoder_max_len))
-    tokens += sum(len(ids) for ids in encode(tokenizer, [r["summary"] for r in trial], limits.decoder_max_len))
-    return paths, stats, tokens
+    limits = TrainConfig()
+    dialogues = [r["dialogue"] for r in train]
+    summaries = [r["summary"] for r in train]
+    real = [len(d) + len(s) for d, s in zip(encode(tokenizer, dialogues, limits.encoder_max_len),
+                                            encode(tokenizer, summaries, limits.decoder_max_len))]
+    return files, {"dialogue_tokens": length_stats(token_counts(tokenizer, dialogues)),
+                   "summary_tokens": length_stats(token_counts(tokenizer, summaries)),
+                   "real_tokens_per_example": round(statistics.mean(real), 1),
+                   "padded_tokens_per_example": limits.encoder_max_len + limits.decoder_max_len,
+                   "examples": len(train), "drawn_from": LENGTHS}

@@ -3,8 +3,8 @@
 It runs the real training command (train.run) with one extra callback that notes when each
 phase ends and prints them as one `BENCH {json}` line:
 
-    startup   leave right after the first optimizer step (start-up time)
-    trial     one epoch of training, the evaluation after it, then leave (throughput, memory)
+    startup    leave right after the first optimizer step (start-up time)
+    trial=N    N optimizer steps, the end-of-epoch evaluation they lead to, then leave
 
 Times are wall-clock (time.time()), so the parent can subtract the moment it spawned us.
 """
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import time
 
-MODES = ("startup", "trial")
 
 
 def peak_memory() -> dict:
@@ -35,7 +35,8 @@ def finish(marks: dict) -> None:
     os._exit(0)  # skip checkpointing and the end-of-run work: not what is measured
 
 
-def probe(mode: str):
+def probe(steps: int | None):
+    """Marks the phases; steps=None leaves after the first optimizer step."""
     from transformers import TrainerCallback
 
     class Probe(TrainerCallback):
@@ -48,8 +49,12 @@ def probe(mode: str):
         def on_optimizer_step(self, args, state, control, **kwargs):
             if "first_step" not in self.marks:
                 self.marks["first_step"] = time.time()
-                if mode == "startup":
+                if steps is None:
                     finish(self.marks)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= steps:
+                control.should_training_stop = True  # the epoch ends here and its evaluation runs
 
         def on_epoch_end(self, args, state, control, **kwargs):
             self.marks["train_end"] = time.time()
@@ -68,11 +73,12 @@ def main(argv: list[str]) -> None:
     from trainer.train import run
 
     mode, flags = argv[0], argv[1:]
-    if mode not in MODES:
-        raise SystemExit(f"benchwork: mode must be one of {MODES}, got {mode!r}")
+    if mode != "startup" and not re.fullmatch(r"trial=[1-9]\d*", mode):
+        raise SystemExit(f"benchwork: mode must be startup or trial=STEPS, got {mode!r}")
+    steps = None if mode == "startup" else int(mode.split("=")[1])
     values = dict(zip(flag_names(flags), (f.split("=", 1)[1] for f in flags)))
     try:
-        run(build_config(values), callbacks=[probe(mode)])
+        run(build_config(values), callbacks=[probe(steps)])
     except UsageError as error:
         print(f"trainer: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
