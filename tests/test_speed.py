@@ -1,5 +1,5 @@
 """The speed features change how fast, never what comes out: evaluation order, the beam-search
-cache, padding."""
+cache, padding, the per-epoch evaluation subset and its final full evaluation."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.report import KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
+from trainer.report import FINAL_METRIC_NAMES, KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 BUILTIN = ["--model_name_or_path=builtin:tiny", "--train_file=builtin:sample", "--eval_file=builtin:sample",
@@ -72,6 +72,36 @@ def test_length_order_is_longest_first():
     assert eval_order(lengths, range(5), by_length=True) == [1, 2, 4, 0, 3]  # longest first, ties stay in order
     assert eval_order(lengths, [0, 3, 4], by_length=True) == [4, 0, 3]
     assert eval_order(lengths, range(5), by_length=False) == [0, 1, 2, 3, 4]
+
+
+def test_without_a_subset_the_final_line_repeats_the_best_epoch(sorted_and_unsorted):
+    output_dir, run = sorted_and_unsorted["sorted"]
+    epochs = metric_lines(run.stdout, METRIC_NAMES)
+    finals = metric_lines(run.stdout, FINAL_METRIC_NAMES)
+    assert len(epochs) == 2 and len(finals) == 1
+    best = max(epochs, key=lambda m: float(m["rouge_avg"]))
+    assert {name: finals[0]["final_" + name] for name in METRIC_NAMES} == best
+    assert run.stdout.rstrip().split("\n")[-1].split(" ", 1)[1].startswith("epoch=")
+
+
+def test_subset_each_epoch_and_the_whole_set_at_the_end(tmp_path, cache_dir):
+    run = train(tmp_path / "subset", cache_dir, "--eval_max_samples=8")
+    lines = run.stdout.rstrip().split("\n")
+    epochs = metric_lines(run.stdout, METRIC_NAMES)
+    finals = metric_lines(run.stdout, FINAL_METRIC_NAMES)
+    assert len(epochs) == 2 and len(finals) == 1
+    assert set(finals[0]) == set(FINAL_METRIC_NAMES)
+    final_line = next(line for line in lines if "final_rouge_avg=" in line)
+    assert final_line == lines[-1]
+    timestamp, pairs = parse_line(final_line, set(METRIC_NAMES), [KATIB_DEFAULT_FILTER])
+    assert timestamp is not None and pairs == []  # Katib never reads final_rouge_avg as rouge_avg
+
+    summary = json.loads((tmp_path / "subset" / "metrics.json").read_text())
+    final = summary["final_evaluation"]
+    assert final["examples"] == 40 and final["step"] == summary["best"]["step"]
+    assert f"{final['final_rouge_avg']:.4f}" == finals[0]["final_rouge_avg"]
+    assert summary["evaluations"] == 2
+    assert len(predictions(tmp_path / "subset")) == 40  # every example, though each epoch scored 8
 
 
 def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):

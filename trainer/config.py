@@ -58,6 +58,8 @@ class TrainConfig:
     max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
     max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
     # speed (docs/performance.md: each one's measured effect)
+    eval_max_samples: int = _flag(0, "evaluate each epoch on N evenly spaced evaluation examples and the whole "
+                                     "set once at the end, printed as final_* metrics (0 = the whole set every epoch)")
     group_by_length: bool = _flag(True, "batch training examples of similar length together (less padding)")
     sort_eval_by_length: bool = _flag(True, "evaluate in order of length (less padding); results keep the data's order")
     lean_beam_search: bool = _flag(True, "beam search reorders only the decoder's self-attention cache (the "
@@ -213,7 +215,7 @@ def validate(config: TrainConfig, check_names: bool = True) -> None:
     require(0 <= c.label_smoothing_factor < 1,
             f"--label_smoothing_factor={c.label_smoothing_factor} must be in [0, 1)")
     for name in ("weight_decay", "max_grad_norm", "early_stopping_patience",
-                 "max_train_samples", "max_eval_samples", "no_repeat_ngram_size"):
+                 "max_train_samples", "max_eval_samples", "eval_max_samples", "no_repeat_ngram_size"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)} must be >= 0")
     require(not (c.fp16 and c.bf16), "--fp16 and --bf16 cannot both be true; pick one")
     require(c.report_to in REPORT_TO, f"--report_to={c.report_to!r} is not one of: {', '.join(REPORT_TO)}")

@@ -2,6 +2,14 @@
 
     2026-11-28T03:20:00Z epoch=2 rouge1=0.5120 rouge2=0.3011 rougeL=0.4550 rouge_avg=0.4227 eval_loss=1.9301
 
+and once at the end, the kept (best) model on every evaluation example, under FINAL_ names:
+
+    2026-11-28T04:10:00Z epoch=2 final_rouge1=0.5093 final_rouge2=0.2987 ... final_eval_loss=1.9412
+
+With --eval_max_samples the per-epoch line scores a fixed subset (cheaper; comparable across
+trials and epochs, which is what the objective and medianstop need) and the final line the
+whole set. Katib's filter reads final_rouge_avg as its own name, never as rouge_avg.
+
 Katib's StdOut collector takes the timestamp only from a first space-separated token that is
 RFC3339, and name=value pairs through its default filter regex (below). `parse_line` applies
 the same two rules, so the local search reads exactly what Katib would.
@@ -20,6 +28,9 @@ KATIB_DEFAULT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 # What every evaluation reports, in print order. rouge_avg is the objective.
 METRIC_NAMES = ("rouge1", "rouge2", "rougeL", "rouge_avg", "eval_loss")
 OBJECTIVE = "rouge_avg"
+# What the final line reports: the same metrics of the kept model on the whole evaluation set.
+FINAL_PREFIX = "final_"
+FINAL_METRIC_NAMES = tuple(FINAL_PREFIX + name for name in METRIC_NAMES)
 
 
 class NonFiniteMetric(Exception):

@@ -153,6 +153,13 @@ def reorder_self_attention_only(cache, beam_idx):
     return cache
 
 
+def spread(n: int, k: int) -> list[int]:
+    """k evenly spaced indices of range(n); all of them when k is 0 or at least n."""
+    if not k or k >= n:
+        return list(range(n))
+    return [i * n // k for i in range(k)]
+
+
 def eval_order(lengths: list[int], indices, by_length: bool) -> list[int]:
     """The order to evaluate `indices` in: longest first when by_length (batches of similar length
     need little padding; a batch too big for memory fails at once), else as given."""
@@ -169,6 +176,7 @@ class Evaluation:
         self.split = split
         self.order = order
         self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
+        self.kept: tuple[int, float, dict[int, str]] | None = None  # (step, rouge_avg, predictions)
 
     def __call__(self, eval_prediction) -> dict[str, float]:
         import numpy as np
@@ -182,14 +190,22 @@ class Evaluation:
         indices = sorted(self.predictions)
         return korean_rouge([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
 
+    def note(self, step: int, score: float) -> None:
+        """Keep the predictions of the best evaluation of every example (strictly better, as the
+        Trainer picks its best checkpoint), so the final evaluation need not run again."""
+        if len(self.predictions) == len(self.split.ids) and (self.kept is None or score > self.kept[1]):
+            self.kept = (step, score, self.predictions)
 
-def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict):
+
+def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation):
     from transformers import TrainerCallback
 
     class MetricLine(TrainerCallback):
-        """One metric line per evaluation on stdout, and the same record in metrics.jsonl."""
+        """One metric line per epoch's evaluation on stdout, and the same record in metrics.jsonl."""
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if f"eval_{report.OBJECTIVE}" not in metrics:
+                return  # the final evaluation: final_evaluation() reports it
             values = {name: metrics.get(name if name == "eval_loss" else f"eval_{name}", math.nan)
                       for name in report.METRIC_NAMES}
             epoch = round(state.epoch or 0.0, 2)
@@ -201,6 +217,7 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict):
             record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
             with metrics_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
+            evaluation.note(state.global_step, values[report.OBJECTIVE])
 
     class LossLine(TrainerCallback):
         """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
@@ -298,6 +315,27 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
+    """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
+    example: (record of its epoch, metric values under final_* names, predictions by example).
+    Reuses the best epoch's evaluation when that one covered every example."""
+    best_step = trainer.state.best_global_step
+    record = next((r for r in records if r["step"] == best_step), records[-1])
+    if evaluation.kept and evaluation.kept[0] == best_step:
+        values = {name: record[name] for name in report.METRIC_NAMES}
+        predictions = evaluation.kept[2]
+    else:
+        from transformers import EarlyStoppingCallback
+
+        trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
+        evaluation.order = order
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
+        values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
+                  for name in report.METRIC_NAMES}
+        predictions = evaluation.predictions
+    return record, {report.FINAL_PREFIX + name: value for name, value in values.items()}, predictions
+
+
 def prepare(config: TrainConfig):
     """Everything that can fail on user input, before any model weights are loaded."""
     train_split, eval_split = load_splits(config)
@@ -347,18 +385,20 @@ def run(config: TrainConfig, callbacks=()) -> None:
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
-    order = eval_order(list(eval_dataset["length"]), range(len(eval_dataset)), config.sort_eval_by_length)
-    evaluation = Evaluation(tokenizer, eval_split, order)
+    lengths = list(eval_dataset["length"])
+    everything = eval_order(lengths, range(len(lengths)), config.sort_eval_by_length)
+    per_epoch = eval_order(lengths, spread(len(lengths), config.eval_max_samples), config.sort_eval_by_length)
+    evaluation = Evaluation(tokenizer, eval_split, per_epoch)
     sigterm = {"seen": False}
     trainer = trainer_class()(
         model=model,
         args=training_arguments(config, fp16, bf16),
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset.select(order),
+        eval_dataset=eval_dataset.select(per_epoch),
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=evaluation,
-        callbacks=[*make_callbacks(config, metrics_path, sigterm), *callbacks],
+        callbacks=[*make_callbacks(config, metrics_path, sigterm, evaluation), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
     watch_sigterm(sigterm)
@@ -375,9 +415,18 @@ def run(config: TrainConfig, callbacks=()) -> None:
     trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
     for checkpoint in output_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
-    if evaluation.predictions:
-        write_predictions(output_dir / "predictions.csv", eval_split,
-                          [evaluation.predictions[i] for i in range(len(eval_split.ids))])
-    write_summary(output_dir / "metrics.json", config, read_records(metrics_path), time.time() - started,
-                  {"model": model_path, "train_examples": len(train_split.ids),
-                   "eval_examples": len(eval_split.ids), "best_model_dir": str(output_dir / BEST_MODEL_DIR)})
+    records = read_records(metrics_path)
+    extra = {"model": model_path, "train_examples": len(train_split.ids), "eval_examples": len(eval_split.ids),
+             "best_model_dir": str(output_dir / BEST_MODEL_DIR)}
+    if records:
+        try:
+            record, final, predictions = final_evaluation(trainer, evaluation, eval_dataset.select(everything),
+                                                          everything, records)
+            report.emit(report.format_metric_line(final, record["epoch"]))
+        except (TrainingDiverged, report.NonFiniteMetric) as error:
+            print(f"trainer: error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_DIVERGED) from None
+        write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in range(len(eval_split.ids))])
+        extra["final_evaluation"] = {"epoch": record["epoch"], "step": record["step"],
+                                     "examples": len(eval_split.ids), **final}
+    write_summary(output_dir / "metrics.json", config, records, time.time() - started, extra)
