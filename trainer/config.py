@@ -64,6 +64,7 @@ class TrainConfig:
     sort_eval_by_length: bool = _flag(True, "evaluate in order of length (less padding); results keep the data's order")
     lean_beam_search: bool = _flag(True, "beam search reorders only the decoder's self-attention cache (the "
                                          "cross-attention cache is the same for every beam of an example)")
+    fused_optimizer: bool = _flag(True, "run --optim=adamw_torch as torch's fused kernel (same update rule)")
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
                                            "(static shapes; slower)")
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")

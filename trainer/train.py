@@ -76,13 +76,18 @@ def setup_wandb(config: TrainConfig) -> None:
     os.environ.setdefault("WANDB_PROJECT", "korean-dialogue-summarization")
 
 
+def optimizer(config: TrainConfig) -> str:
+    """adamw_torch as torch's fused kernel (the same update rule, one kernel for all parameters)."""
+    return "adamw_torch_fused" if config.fused_optimizer and config.optim == "adamw_torch" else config.optim
+
+
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     import torch
     from transformers import Seq2SeqTrainingArguments
 
     return Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
-        optim=config.optim,
+        optim=optimizer(config),
         learning_rate=config.learning_rate,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
