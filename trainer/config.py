@@ -65,6 +65,8 @@ class TrainConfig:
     lean_beam_search: bool = _flag(True, "beam search reorders only the decoder's self-attention cache (the "
                                          "cross-attention cache is the same for every beam of an example)")
     fused_optimizer: bool = _flag(True, "run --optim=adamw_torch as torch's fused kernel (same update rule)")
+    tf32: bool = _flag(True, "allow TF32 matmuls on CUDA devices that have them (Ampere and newer)")
+    dataloader_num_workers: int = _flag(-1, "data-loading worker processes (-1 = up to 4 on CUDA, none on the CPU)")
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
                                            "(static shapes; slower)")
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")
@@ -219,6 +221,8 @@ def validate(config: TrainConfig, check_names: bool = True) -> None:
                  "max_train_samples", "max_eval_samples", "eval_max_samples", "no_repeat_ngram_size"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)} must be >= 0")
     require(not (c.fp16 and c.bf16), "--fp16 and --bf16 cannot both be true; pick one")
+    require(c.dataloader_num_workers >= -1,
+            f"--dataloader_num_workers={c.dataloader_num_workers} must be >= 0, or -1 for automatic")
     require(c.report_to in REPORT_TO, f"--report_to={c.report_to!r} is not one of: {', '.join(REPORT_TO)}")
     require(bool(c.output_dir), "--output_dir must not be empty")
     require(bool(c.model_name_or_path), "--model_name_or_path must not be empty")

@@ -81,10 +81,21 @@ def optimizer(config: TrainConfig) -> str:
     return "adamw_torch_fused" if config.fused_optimizer and config.optim == "adamw_torch" else config.optim
 
 
+def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
+    """Worker processes that collate the next batches while the GPU computes; none on the CPU, where
+    they would take cores from the model's own threads."""
+    if config.dataloader_num_workers >= 0:
+        return config.dataloader_num_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cpus) if cuda else 0
+
+
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     import torch
     from transformers import Seq2SeqTrainingArguments
 
+    cuda = torch.cuda.is_available()
+    workers = dataloader_workers(config, cuda)
     return Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
         optim=optimizer(config),
@@ -116,7 +127,10 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
         report_to=["wandb"] if config.report_to == "wandb" else [],
         disable_tqdm=not sys.stdout.isatty(),
         enable_jit_checkpoint=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # not forked again for every evaluation
+        tf32=True if config.tf32 and cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
 
