@@ -150,6 +150,18 @@ def cache_key(split: Split, tokenizer, config: TrainConfig) -> str:
     return digest.hexdigest()[:32]
 
 
+def references_passed(split: Split, config: TrainConfig) -> Path | None:
+    """Where the cache notes that these references passed rouge.check_references, so later runs
+    (trials sharing the cache) skip loading the morpheme analyser before training starts."""
+    if not config.cache_tokenized:
+        return None
+    from importlib.metadata import version
+
+    payload = ["references-v1", version("kiwipiepy"), split.references]
+    digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+    return Path(config.cache_dir) / "tokenized" / f"references-{digest}.passed"
+
+
 def encode(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
     """<s> text </s>, truncated so the whole fits in max_len."""
     pieces = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len - 2,

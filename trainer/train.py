@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainer import report
 from trainer.config import TrainConfig, UsageError
-from trainer.data import Split, find_tags, load_splits, tokenized
+from trainer.data import Split, find_tags, load_splits, references_passed, tokenized
 from trainer.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
 from trainer.rouge import check_references, clean_prediction, korean_rouge
 
@@ -135,6 +135,11 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     )
 
 
+def stored_lengths(dataset) -> list[int]:
+    """The length column as a list, read as one Arrow column (iterating it row by row is slow)."""
+    return dataset.select_columns(["length"]).to_dict()["length"]
+
+
 def trainer_class():
     """Seq2SeqTrainer with two sampler fixes; a function so transformers is imported only when training."""
     from torch.utils.data import SequentialSampler
@@ -148,7 +153,7 @@ def trainer_class():
             if self.args.train_sampling_strategy != "group_by_length" or "length" not in self.train_dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=list(self.train_dataset["length"]))
+                                        lengths=stored_lengths(self.train_dataset))
 
         def _get_eval_sampler(self, eval_dataset):
             # With group_by_length transformers also shuffles evaluation; predictions must come back in
@@ -358,10 +363,15 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
 def prepare(config: TrainConfig):
     """Everything that can fail on user input, before any model weights are loaded."""
     train_split, eval_split = load_splits(config)
-    try:
-        check_references(eval_split.references)
-    except ValueError as error:
-        raise UsageError(f"--eval_file {eval_split.source}: {error}") from None
+    passed = references_passed(eval_split, config)  # a marker in the shared cache, or None
+    if not (passed and passed.exists()):
+        try:
+            check_references(eval_split.references)
+        except ValueError as error:
+            raise UsageError(f"--eval_file {eval_split.source}: {error}") from None
+        if passed:
+            passed.parent.mkdir(parents=True, exist_ok=True)
+            passed.touch()
     model_path = resolve_model_path(config)
     model_config = load_model_config(model_path)
     check_lengths(config, model_config)
@@ -404,7 +414,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
-    lengths = list(eval_dataset["length"])
+    lengths = stored_lengths(eval_dataset)
     everything = eval_order(lengths, range(len(lengths)), config.sort_eval_by_length)
     per_epoch = eval_order(lengths, spread(len(lengths), config.eval_max_samples), config.sort_eval_by_length)
     evaluation = Evaluation(tokenizer, eval_split, per_epoch)
