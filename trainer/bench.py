@@ -14,7 +14,8 @@ The baseline is the guide's setup, written as flags of the same trainer (BASELIN
 every example padded to 512/100 at tokenization, fp32, training batches in data order,
 evaluation in data order with the same batch size, tokenization redone every run, stock
 transformers beam search. `--against "flag=value ..."` compares ours with ours plus those
-flags instead: the measured effect of one optimization.
+flags instead: the measured effect of one optimization (then only the rows those flags touch
+mean anything: the --help row and the trial projection still assume the guide's baseline).
 
 Data is synthetic (built-in sample turns and summary sentences, cut to lengths drawn to follow
 the real data: LENGTHS below); the model is a small random BART on the built-in tokenizer
@@ -48,8 +49,8 @@ LENGTHS = {
 }
 COMPETITION = {"train": 12457, "dev": 499}  # the competition's split sizes
 
-# KoBART's layout (encoder-decoder, 4 heads per 128 wide, FFN 4x) at 1/6 of its width and half
-# its depth, so that a 2-core CPU measures it in minutes.
+# KoBART's layout (6+6 layers, d_model 768, FFN 4x wide) at 1/6 of its width and half its depth,
+# so that a 2-core CPU measures it in minutes.
 SMALL_BART = dict(d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
                   decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
                   max_position_embeddings=1026)
@@ -221,36 +222,29 @@ HELP_COMMANDS = {
 }
 
 
-def measure(flags: dict[str, list[str]], data: list[str], eval_examples: int, train_steps: int, work: Path,
-            repeats: int, env: dict) -> dict[str, list[dict]]:
-    """Per setup, one record per round: --help, start-up (cold, then warm), one trial."""
+def measure(flags: dict[str, list[str]], data: list[str], train_steps: int, work: Path, repeats: int,
+            env: dict) -> dict[str, list[dict]]:
+    """Per setup, one record per round: --help, then one trial run (start-up, training, evaluation).
+    A start-up-only run first fills an empty cache (cold start-up); the trial then starts from it
+    (warm). A setup that keeps no cache tokenizes every run: its one start-up is cold and warm."""
     records = {"ours": [], "baseline": []}
     time_command([sys.executable, "-c", "import torch, transformers, datasets"], env)  # warm the file cache
     for round_ in range(repeats):
         order = ("ours", "baseline") if round_ % 2 == 0 else ("baseline", "ours")
-
-        def dirs(name: str, tag: str, cache: str) -> list[str]:
-            return [f"--output_dir={work / 'runs' / f'{name}-{tag}-{round_}'}", f"--cache_dir={work / 'cache' / cache}"]
-
-        record = {name: {} for name in order}
+        record = {name: {"help_s": time_command(HELP_COMMANDS[name], env)} for name in order}
         for name in order:
-            record[name]["help_s"] = time_command(HELP_COMMANDS[name], env)
-        for name in order:
-            cache = f"{name}-startup-{round_}"  # empty: cold
-            cold = run_worker(["startup", *flags[name], *data, *dirs(name, "cold", cache)], env)
-            warm = run_worker(["startup", *flags[name], *data, *dirs(name, "warm", cache)], env)
-            record[name]["startup_cold_s"] = cold["first_step"] - cold["spawned"]
-            record[name]["startup_warm_s"] = warm["first_step"] - warm["spawned"]
-        say(f"round {round_ + 1}/{repeats}: start-up measured")
-        for name in order:
-            marks = run_worker([f"trial={train_steps}", *flags[name], *data, f"--max_eval_samples={eval_examples}",
-                                *dirs(name, "trial", f"{name}-trials")], env)
-            record[name].update(train_s=marks["train_end"] - marks["train_start"], steps=marks["steps"],
-                                eval_s=marks["eval_end"] - marks["train_end"],
+            run = [*flags[name], *data, f"--cache_dir={work / 'cache' / f'{name}-{round_}'}"]
+            cold = None
+            if "--cache_tokenized=false" not in flags[name]:
+                cold = run_worker(["startup", *run, f"--output_dir={work / 'runs' / f'{name}-{round_}-cold'}"], env)
+            marks = run_worker([f"trial={train_steps}", *run, f"--output_dir={work / 'runs' / f'{name}-{round_}'}"], env)
+            warm = marks["first_step"] - marks["spawned"]
+            record[name].update(startup_cold_s=cold["first_step"] - cold["spawned"] if cold else warm,
+                                startup_warm_s=warm, train_s=marks["train_end"] - marks["train_start"],
+                                steps=marks["steps"], eval_s=marks["eval_end"] - marks["train_end"],
                                 **{k: v for k, v in marks.items() if k.startswith("peak_")})
-        say(f"round {round_ + 1}/{repeats}: training and evaluation measured")
-        for name in order:
             records[name].append(record[name])
+        say(f"round {round_ + 1}/{repeats} measured")
     return records
 
 
@@ -321,36 +315,42 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def readable(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def draw_plot(result: dict, path: str) -> None:
+    """Per phase of one TRIAL, ours beside the baseline (log scale: start-up is seconds, training hours)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases = result["trial"]
-    names = list(phases)
-    fig, ax = plt.subplots(figsize=(8, 2.6))
-    for row, name in enumerate(names):
-        left = 0.0
-        for phase, seconds in phases[name].items():
-            hours = seconds / 3600
-            ax.barh(row, hours, left=left, color=PHASE_COLORS[phase], label=phase if row == 0 else None)
-            left += hours
-        ax.text(left, row, f" {left:.1f} h", va="center")
-    ax.set_yticks(range(len(names)), names)
+    trial = result["trial"]
+    phases = [p for p in trial["ours"] if trial["ours"][p] or trial["baseline"][p]]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for offset, (name, color) in enumerate((("ours", "#1f77b4"), ("baseline", "#bdbdbd"))):
+        rows = [i + offset * 0.38 for i in range(len(phases))]
+        values = [trial[name][p] for p in phases]
+        ax.barh(rows, values, height=0.36, color=color, label=f"{name}: {readable(sum(values))} in all")
+        for row, value in zip(rows, values):
+            ax.text(max(value, 1) * 1.1, row, readable(value) if value else "none", va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(left=1)
+    ax.set_yticks([i + 0.19 for i in range(len(phases))], phases)
     ax.invert_yaxis()
-    ax.set_xlabel("hours (projected from the measured rates)")
-    setup = result["setup"]
-    ax.set_title(f"One trial: {TRIAL['epochs']} epochs on {COMPETITION['train']} dialogues, "
-                 f"{COMPETITION['dev']} evaluated ({setup['device']})", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8, ncols=4, bbox_to_anchor=(1, 1.12), frameon=False)
-    ax.margins(x=0.15)
+    ax.set_xlim(right=ax.get_xlim()[1] * 8)
+    ax.set_xlabel("seconds (log scale), projected from the measured rates")
+    ax.set_title(f"One trial: {TRIAL['epochs']} epochs on {COMPETITION['train']} dialogues, {COMPETITION['dev']} "
+                 f"evaluated (ours: {TRIAL['eval_max_samples']} each epoch + all at the end)\n"
+                 f"{result['setup']['device']}, {result['setup']['model'].split(' {')[0]}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-PHASE_COLORS = {"start-up": "#9e9e9e", "training": "#1f77b4", "evaluation": "#ff7f0e", "final evaluation": "#d62728"}
 
 
 # ---------------------------------------------------------------- the command
@@ -427,8 +427,8 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         files, stats = make_data(model_path, work, train_examples)
         common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
         flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
-        data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}"]
-        records = measure(flags, data, n_eval, train_steps, work, repeats, worker_env(threads))
+        data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}", f"--max_eval_samples={n_eval}"]
+        records = measure(flags, data, train_steps, work, repeats, worker_env(threads))
 
     tokens_per_example = stats["real_tokens_per_example"]
     result = {name: median_figures(records[name], train_examples, n_eval, tokens_per_example)
