@@ -317,7 +317,8 @@ def test_broken_experiment_exits_1_through_the_cli(tmp_path):
     result = subprocess.run([*trainer_command(), "check", str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stdout == (f"{path}: kobart-tpe: spec.objective.objectiveMetricName: 'accuracy' is not a "
-                             "metric the trainer prints (rouge1, rouge2, rougeL, rouge_avg, eval_loss)\n")
+                             "metric the trainer prints (rouge1, rouge2, rougeL, rouge_avg, eval_loss, final_rouge1, "
+                             "final_rouge2, final_rougeL, final_rouge_avg, final_eval_loss)\n")
 
 
 def test_duplicate_names_in_one_stream_are_reported(tmp_path, capsys):

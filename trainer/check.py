@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from trainer import experiment as ex
 from trainer.config import FLAGS, UsageError, build_config, unknown_flag_message
-from trainer.report import METRIC_NAMES, format_metric_line, parse_line
+from trainer.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_NAME_LENGTH = 40
@@ -37,7 +37,9 @@ ALGORITHMS = ("random", "tpe", "multivariate-tpe", "grid", "cmaes", "sobol", "hy
               "bayesianoptimization", "pbt")
 NAS_ALGORITHMS = ("enas", "darts")
 EARLY_STOPPING = ("medianstop",)
-LOWER_IS_BETTER = {"eval_loss"}
+LOWER_IS_BETTER = {"eval_loss", "final_eval_loss"}
+# Every epoch's names, then the end-of-run line's (whole-set figures under --eval_max_samples).
+PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 # Larger grids get their values checked one axis at a time, not every combination.
 FULL_GRID_CHECK_LIMIT = 512
 # Katib joins command and args with spaces into `sh -c` without quoting.
@@ -257,12 +259,12 @@ def check_objective(e: ex.Experiment, report: Report) -> None:
         if not written(e, "objective"):
             report.problem("spec.objective", "missing")
         return
-    allowed = ", ".join(METRIC_NAMES)
+    allowed = ", ".join(PRINTED)
     if o.type not in OBJECTIVE_TYPES:
         report.problem("spec.objective.type", f"{o.type!r} is not minimize or maximize")
     if not o.objective_metric_name:
         report.problem("spec.objective.objectiveMetricName", "missing")
-    elif o.objective_metric_name not in METRIC_NAMES:
+    elif o.objective_metric_name not in PRINTED:
         report.problem("spec.objective.objectiveMetricName",
                        f"{o.objective_metric_name!r} is not a metric the trainer prints ({allowed})")
     elif o.type in OBJECTIVE_TYPES:
@@ -276,7 +278,7 @@ def check_objective(e: ex.Experiment, report: Report) -> None:
     for name in sorted({n for n in o.additional_metric_names if o.additional_metric_names.count(n) > 1}):
         report.problem("spec.objective.additionalMetricNames", f"{name!r} is listed twice")
     for name in o.additional_metric_names:
-        if name not in METRIC_NAMES:
+        if name not in PRINTED:
             report.problem("spec.objective.additionalMetricNames",
                            f"{name!r} is not a metric the trainer prints ({allowed})")
     check_goal(o, report)
@@ -549,8 +551,8 @@ def check_collector(e: ex.Experiment, report: Report) -> None:
         if compiled.groups < 2:
             report.problem(field, f"{pattern!r} needs two groups: the metric name and its value")
             return
-    wanted = [n for n in ex.metric_names(e) if n in METRIC_NAMES]
-    sample = format_metric_line({name: 0.5 for name in METRIC_NAMES}, epoch=1)
+    wanted = [n for n in ex.metric_names(e) if n in PRINTED]
+    sample = format_metric_line({name: 0.5 for name in PRINTED}, epoch=1)
     _, found = parse_line(sample, wanted, ex.metric_filters(e))
     missing = [n for n in wanted if n not in {name for name, _ in found}]
     if missing:
