@@ -31,7 +31,8 @@ def default_cache_dir() -> str:
 @dataclass
 class TrainConfig:
     # optimisation
-    optim: str = _flag("adamw_torch", "optimizer name from transformers' OptimizerNames")
+    # fused AdamW: the same update rule as adamw_torch in one kernel (transformers' own default)
+    optim: str = _flag("adamw_torch_fused", "optimizer name from transformers' OptimizerNames")
     learning_rate: float = _flag(5e-5, "peak learning rate (> 0)")
     per_device_train_batch_size: int = _flag(8, "training examples per device per step")
     per_device_eval_batch_size: int = _flag(32, "evaluation examples per generate() batch")
@@ -64,7 +65,6 @@ class TrainConfig:
     sort_eval_by_length: bool = _flag(True, "evaluate in order of length (less padding); results keep the data's order")
     lean_beam_search: bool = _flag(True, "beam search reorders only the decoder's self-attention cache (the "
                                          "cross-attention cache is the same for every beam of an example)")
-    fused_optimizer: bool = _flag(True, "run --optim=adamw_torch as torch's fused kernel (same update rule)")
     tf32: bool = _flag(True, "allow TF32 matmuls on CUDA devices that have them (Ampere and newer)")
     dataloader_num_workers: int = _flag(-1, "data-loading worker processes (-1 = up to 4 on CUDA, none on the CPU)")
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "

@@ -76,11 +76,6 @@ def setup_wandb(config: TrainConfig) -> None:
     os.environ.setdefault("WANDB_PROJECT", "korean-dialogue-summarization")
 
 
-def optimizer(config: TrainConfig) -> str:
-    """adamw_torch as torch's fused kernel (the same update rule, one kernel for all parameters)."""
-    return "adamw_torch_fused" if config.fused_optimizer and config.optim == "adamw_torch" else config.optim
-
-
 def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
     """Worker processes that collate the next batches while the GPU computes; none on the CPU, where
     they would take cores from the model's own threads."""
@@ -98,7 +93,7 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     workers = dataloader_workers(config, cuda)
     return Seq2SeqTrainingArguments(
         output_dir=config.output_dir,
-        optim=optimizer(config),
+        optim=config.optim,
         learning_rate=config.learning_rate,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
