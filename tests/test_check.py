@@ -370,7 +370,7 @@ def test_load_reads_folders_multi_documents_and_skips_other_kinds(tmp_path):
 def test_parsed_spec_fields():
     [e] = ex.load_experiments([TPE])
     assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
-    assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss"]
+    assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
     assert e.objective.metric_strategies == {"rouge_avg": "max"}
     assert e.algorithm.name == "multivariate-tpe" and e.algorithm.settings["random_state"] == "42"
     assert e.early_stopping.name == "medianstop"

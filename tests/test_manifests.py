@@ -119,7 +119,9 @@ def test_experiments_follow_the_issue(experiments):
     named = {e.name: e for e in experiments}
     for e in experiments:
         assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
-        assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss"]
+        assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
+        # a subset each epoch for the objective; final_rouge_avg is the whole dev set, once
+        assert "--eval_max_samples=250" in pod_spec(e)["containers"][0]["args"]
         assert e.metrics_collector.kind == "StdOut"
     grid, rand, tpe = named["kobart-grid"], named["kobart-random"], named["kobart-tpe"]
     assert grid.algorithm.name == "grid" and grid.max_trial_count == len(ex.grid_points(grid)) == 18
