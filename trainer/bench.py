@@ -67,9 +67,9 @@ BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false", "--grou
                   "--sort_eval_by_length=false", "--lean_beam_search=false",
                   "--optim=adamw_torch", "--tf32=false", "--dataloader_num_workers=0"]
 
-# One trial as the plot shows it: the competition's data, a few epochs, and for ours an
-# --eval_max_samples subset each epoch plus the full evaluation at the end.
-TRIAL = {"epochs": 5, "eval_max_samples": 100}
+# One trial as the plot shows it: the competition's data, a few epochs, and for ours the
+# --eval_max_samples subset of the Experiments in manifests/ each epoch plus the full evaluation at the end.
+TRIAL = {"epochs": 5, "eval_max_samples": 250}
 
 RATE_KEYS = ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s")
 
