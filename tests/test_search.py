@@ -506,7 +506,7 @@ def test_set_accepts_commas_lists_mappings_and_repeats():
 ])
 def test_set_rejects_bad_items(value, message):
     with pytest.raises(UsageError, match=message):
-        search.parse_overrides(value)
+        search.trial_overrides(value)
 
 
 def test_pod_data_paths_are_refused_before_any_trial(tmp_path):

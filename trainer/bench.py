@@ -13,7 +13,7 @@ absolute numbers.
 The baseline is the guide's setup, written as flags of the same trainer (BASELINE_FLAGS):
 every example padded to 512/100 at tokenization, fp32, training batches in data order,
 evaluation in data order with the same batch size, tokenization redone every run, stock
-transformers beam search. `--against "flag=value ..."` compares ours with ours plus those
+transformers beam search. `--against flag=value,flag=value` compares ours with ours plus those
 flags instead: the measured effect of one optimization (then only the rows those flags touch
 mean anything: the --help row and the trial projection still assume the guide's baseline).
 
@@ -30,7 +30,6 @@ import math
 import os
 import random
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 from trainer import builtin
-from trainer.config import FLAGS, UsageError, default_cache_dir, unknown_flag_message
+from trainer.config import UsageError, default_cache_dir
 
 # Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
 # 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
@@ -355,16 +354,10 @@ def draw_plot(result: dict, path: str) -> None:
 
 # ---------------------------------------------------------------- the command
 
-def parse_against(against: str) -> list[str]:
-    flags = []
-    for item in shlex.split(str(against).replace(",", " ")):
-        name, sep, value = item.lstrip("-").partition("=")
-        if not sep:
-            raise UsageError(f"--against {item!r}: expected flag=value, e.g. --against group_by_length=false")
-        if name not in FLAGS:
-            raise UsageError(f"--against {item!r}: {unknown_flag_message(name)}")
-        flags.append(f"--{name}={value}")
-    return flags
+def parse_against(against) -> list[str]:
+    from trainer.search import parse_overrides  # the reader of `trainer search --set`
+
+    return [f"--{name}={value}" for name, value in parse_overrides(against, "--against").items()]
 
 
 def whole(name: str, value, least: int) -> int:
@@ -404,7 +397,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         eval_examples: examples evaluated per run (128: 4 batches of 32)
         repeats: rounds of ours/baseline runs; each figure is the median over them
         threads: torch threads per run (0 = torch's default)
-        against: compare with ours plus these flags (e.g. "group_by_length=false") instead of the baseline
+        against: compare with ours plus these flags, comma-separated (e.g. "group_by_length=false") instead of the baseline
         plot: also draw the per-phase time of one trial to this PNG
     """
     train_examples = whole("train_examples", train_examples, 1)

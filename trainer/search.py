@@ -105,7 +105,7 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             outputs/search/EXPERIMENT, with -smoke added for --smoke)
         keep_models: keep every trial's best_model/ (default: only the best trial's)
     """
-    overrides = parse_overrides(command_line_sets() or set)
+    overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir)
     sampler, pruner = make_sampler(plan), make_pruner(plan.experiment)
     show_plan(plan)
@@ -151,8 +151,9 @@ def split_items(text: str) -> list[str]:
     return [item.strip().strip("'\"") for item in SET_SEPARATOR.split(text) if item.strip()]
 
 
-def parse_overrides(value) -> dict[str, str]:
-    """{flag: value} from --set: "a=1,b=2", a list of such strings, or a mapping (fire's parse of {a: 1})."""
+def parse_overrides(value, option: str = "--set") -> dict[str, str]:
+    """{flag: value} from `option`'s value: "a=1,b=2", a list of such strings, or a mapping (fire's
+    parse of {a: 1}); every name must be a trainer flag. Also reads `trainer bench --against`."""
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
@@ -166,14 +167,20 @@ def parse_overrides(value) -> dict[str, str]:
         flag, sep, text = item.partition("=")
         flag = flag.strip().lstrip("-").replace("-", "_")
         if not sep or not flag:
-            raise UsageError(f"--set {item!r}: expected name=value, e.g. --set=train_file=data/train.csv")
+            raise UsageError(f"{option} {item!r}: expected name=value, e.g. {option}=learning_rate=3e-5")
         if flag not in config.FLAGS:
-            raise UsageError(f"--set {item!r}: {config.unknown_flag_message(flag)}")
-        if flag == "output_dir":
-            raise UsageError("--set output_dir: each trial writes to OUTPUT_DIR/trials/TRIAL; "
-                             "pass `trainer search --output_dir` instead")
+            raise UsageError(f"{option} {item!r}: {config.unknown_flag_message(flag)}")
         flags[flag] = text.strip()
     return flags
+
+
+def trial_overrides(value) -> dict[str, str]:
+    """--set for every trial: any trainer flag but the output folder, which the search assigns."""
+    overrides = parse_overrides(value)
+    if "output_dir" in overrides:
+        raise UsageError("--set output_dir: each trial writes to OUTPUT_DIR/trials/TRIAL; "
+                         "pass `trainer search --output_dir` instead")
+    return overrides
 
 
 # ---------------------------------------------------------------- the plan: what will run
