@@ -28,6 +28,14 @@ def default_cache_dir() -> str:
     return os.environ.get("TRAINER_CACHE_DIR") or str(Path.home() / ".cache" / "trainer")
 
 
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 @dataclass
 class TrainConfig:
     # optimisation

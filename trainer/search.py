@@ -255,13 +255,6 @@ def metric_strategies(objective: ex.Objective) -> dict[str, str]:
     return {**{n: default for n in names}, **objective.metric_strategies}
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def entrypoint(command: str) -> list[str]:
     if command != "trainer":
         return [command]
@@ -362,7 +355,7 @@ def show_plan(plan: Plan) -> None:
     if plan.overrides:
         say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
     if "OMP_NUM_THREADS" not in os.environ:
-        say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({cpu_count()} CPUs, {plan.parallel} trials at once)")
+        say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({config.cpu_count()} CPUs, {plan.parallel} trials at once)")
     say(f"  study: {e.name} in {plan.storage}; trial outputs in {plan.output_dir / 'trials'}")
     for note in plan.notes:
         say(f"  note: {note}")
@@ -377,7 +370,7 @@ def searched_flags(e: ex.Experiment) -> set[str]:
 
 
 def omp_threads(plan: Plan) -> int:
-    return max(1, cpu_count() // plan.parallel)
+    return max(1, config.cpu_count() // plan.parallel)
 
 
 # ---------------------------------------------------------------- search space, sampler, pruner, study

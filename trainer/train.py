@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from trainer import report
-from trainer.config import TrainConfig, UsageError
+from trainer.config import TrainConfig, UsageError, cpu_count
 from trainer.data import Split, find_tags, load_splits, references_passed, tokenized
 from trainer.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
 from trainer.rouge import check_references, clean_prediction, korean_rouge
@@ -81,8 +81,7 @@ def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
     they would take cores from the model's own threads."""
     if config.dataloader_num_workers >= 0:
         return config.dataloader_num_workers
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(4, cpus) if cuda else 0
+    return min(4, cpu_count()) if cuda else 0
 
 
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
