@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.experiment import load_experiments, trial_job
+from trainer.experiment.spec import load_experiments, trial_job
 
 
 def main(out_dir: str, *paths: str) -> None:

@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 
-from trainer import bench
+from trainer.bench import command as bench
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 KEYS = {"train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "startup_cold_s", "startup_warm_s",
@@ -34,8 +34,8 @@ def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path):
 
 
 def test_synthetic_lengths_follow_the_stated_distribution(tmp_path):
-    from trainer import builtin
-    from trainer.model import load_tokenizer
+    from trainer.run import builtin
+    from trainer.run.model import load_tokenizer
 
     tokenizer = load_tokenizer(str(builtin.tiny_model(tmp_path)), bench.sample_tags())
     rows = bench.synthetic_rows(tokenizer, 400, "train", seed=3)

@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 
-from trainer import builtin
+from trainer.run import builtin
 
 TAG = re.compile(r"#\w+#")
 

@@ -1,4 +1,4 @@
-"""`trainer check` and trainer/experiment.py: the good Experiments pass, each broken one is caught.
+"""`trainer check` and trainer/experiment/spec.py: the good Experiments pass, each broken one is caught.
 
 Broken Experiments are derived from the good manifests/experiments/tpe.yaml, one mutation each.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import check as check_module
-from trainer import experiment as ex
-from trainer.config import UsageError
+from trainer.experiment import check as check_module
+from trainer.experiment import spec as ex
+from trainer.run.config import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "manifests" / "experiments"
@@ -352,7 +352,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         assert result.stderr.count("\n") == 1 and fragment in result.stderr and str(path) in result.stderr
 
 
-# ---------------------------------------------------------------- trainer/experiment.py
+# ---------------------------------------------------------------- trainer/experiment/spec.py
 
 
 def test_load_reads_folders_multi_documents_and_skips_other_kinds(tmp_path):

@@ -72,7 +72,7 @@ def test_unknown_command():
 
 
 def test_help_lists_every_flag_with_default_quickly():
-    from trainer.config import FLAGS
+    from trainer.run.config import FLAGS
 
     started = time.perf_counter()
     result = subprocess.run(["trainer", "--help"], capture_output=True, text=True, timeout=60,
@@ -88,7 +88,7 @@ def test_help_lists_every_flag_with_default_quickly():
 
 
 def test_explicit_flags_override_preset(tmp_path):
-    from trainer.config import build_config
+    from trainer.run.config import build_config
 
     config = build_config({"preset": "balanced", "learning_rate": 5e-5}, check_names=False)
     assert config.learning_rate == 5e-5  # explicit, although equal to the default

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from trainer import cli
-from trainer import experiment as ex
-from trainer.config import FLAGS
+from trainer.experiment import spec as ex
+from trainer.run.config import FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -197,9 +197,9 @@ def sample_assignments(e: ex.Experiment, draws: int = 10) -> list[dict]:
 def test_every_trial_command_is_accepted_by_the_trainer(experiments, monkeypatch):
     """Sample trial argv through the real CLI (fire parsing + build_config); training is stubbed."""
     received = []
-    fake_train = type(sys)("trainer.train")
+    fake_train = type(sys)("trainer.run.train")
     fake_train.run = received.append
-    monkeypatch.setitem(sys.modules, "trainer.train", fake_train)
+    monkeypatch.setitem(sys.modules, "trainer.run.train", fake_train)
     for e in experiments:
         assignments = ex.grid_points(e) if e.algorithm.name == "grid" else sample_assignments(e)
         for number, assignment in enumerate(assignments):

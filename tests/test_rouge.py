@@ -7,8 +7,8 @@ R = overlap / |reference| (n-gram counts, or LCS length for rougeL).
 import pytest
 from rouge_score import rouge_scorer
 
-from trainer import rouge
-from trainer.rouge import check_references, clean_prediction, korean_rouge, morphemes
+from trainer.run import rouge
+from trainer.run.rouge import check_references, clean_prediction, korean_rouge, morphemes
 
 REF = "나는 학교에 갔다"
 PRED = "나는 집에 빨리 갔다"

@@ -22,11 +22,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from trainer import config, search
-from trainer import experiment as ex
-from trainer import pruner as median
-from trainer import results
-from trainer.config import UsageError
+from trainer.run import config
+from trainer.experiment import search
+from trainer.experiment import spec as ex
+from trainer.experiment import pruner as median
+from trainer.experiment import results
+from trainer.run.config import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests" / "experiments"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.report import FINAL_METRIC_NAMES, KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
+from trainer.run.report import FINAL_METRIC_NAMES, KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 BUILTIN = ["--model_name_or_path=builtin:tiny", "--train_file=builtin:sample", "--eval_file=builtin:sample",
@@ -66,7 +66,7 @@ def test_sorted_evaluation_gives_the_data_order_results(sorted_and_unsorted):
 
 
 def test_length_order_is_longest_first():
-    from trainer.train import eval_order
+    from trainer.run.train import eval_order
 
     lengths = [5, 9, 9, 2, 7]
     assert eval_order(lengths, range(5), by_length=True) == [1, 2, 4, 0, 3]  # longest first, ties stay in order
@@ -108,8 +108,8 @@ def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainer import builtin
-    from trainer.train import reorder_self_attention_only
+    from trainer.run import builtin
+    from trainer.run.train import reorder_self_attention_only
 
     model = AutoModelForSeq2SeqLM.from_pretrained(builtin.tiny_model(tmp_path)).eval()
     generator = torch.Generator().manual_seed(0)
@@ -130,10 +130,10 @@ def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):
 
 
 def test_padding_to_max_length_and_no_cache(tmp_path):
-    from trainer import builtin
-    from trainer.config import build_config
-    from trainer.data import find_tags, load_splits, tokenized
-    from trainer.model import load_tokenizer
+    from trainer.run import builtin
+    from trainer.run.config import build_config
+    from trainer.run.data import find_tags, load_splits, tokenized
+    from trainer.run.model import load_tokenizer
 
     flags = {"model_name_or_path": builtin.TINY, "train_file": builtin.SAMPLE, "eval_file": builtin.SAMPLE,
              "cache_dir": str(tmp_path), "encoder_max_len": 96, "decoder_max_len": 40, "max_train_samples": 16}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.report import KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
+from trainer.run.report import KATIB_DEFAULT_FILTER, METRIC_NAMES, parse_line
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 BUILTIN = ["--model_name_or_path=builtin:tiny", "--train_file=builtin:sample", "--eval_file=builtin:sample",
@@ -135,7 +135,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache
 
 
 def test_nan_is_never_printed():
-    from trainer.report import NonFiniteMetric, format_metric_line
+    from trainer.run.report import NonFiniteMetric, format_metric_line
 
     with pytest.raises(NonFiniteMetric, match="eval_loss is nan"):
         format_metric_line({"rouge_avg": 0.5, "eval_loss": float("nan")}, epoch=1)

@@ -19,13 +19,13 @@ import importlib
 import inspect
 import sys
 
-from trainer.config import FLAGS, UsageError, help_text, unknown_flag_message
+from trainer.run.config import FLAGS, UsageError, help_text, unknown_flag_message
 
 SUBCOMMANDS = {
-    "check": "trainer.check:check",
-    "search": "trainer.search:search",
-    "bench": "trainer.bench:bench",
-    "katib": "trainer.katib:Katib",
+    "check": "trainer.experiment.check:check",
+    "search": "trainer.experiment.search:search",
+    "bench": "trainer.bench.command:bench",
+    "katib": "trainer.cluster.katib:Katib",
 }
 
 HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
@@ -52,10 +52,10 @@ def flag_names(argv: list[str]) -> list[str]:
 
 
 def train_command(**flags):
-    from trainer.config import build_config
+    from trainer.run.config import build_config
 
     config = build_config(flags)
-    from trainer.train import run
+    from trainer.run.train import run
 
     run(config)
 

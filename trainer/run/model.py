@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trainer import builtin
-from trainer.config import TrainConfig, UsageError
+from trainer.run import builtin
+from trainer.run.config import TrainConfig, UsageError
 
 # BART's learned positions keep 2 slots for an offset: 1026 positions -> 1024 tokens in.
 BART_POSITION_OFFSET = 2

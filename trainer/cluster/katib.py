@@ -8,7 +8,7 @@
 Reading follows what the Katib controllers write (kubeflow/katib, pkg/apis/controller and
 pkg/controller.v1beta1/experiment/util/status_util.go): Experiment status counts and
 currentOptimalTrial, Trial conditions, and observation metrics as {name, min, max, latest}
-strings ("unavailable" when never reported). The table and preset come from trainer.results,
+strings ("unavailable" when never reported). The table and preset come from trainer.experiment.results,
 so a cluster result and a local one look and load the same.
 """
 
@@ -21,9 +21,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trainer import experiment as ex
-from trainer import kube
-from trainer.config import UsageError
+from trainer.experiment import spec as ex
+from trainer.cluster import kube
+from trainer.run.config import UsageError
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DONE_STATES = ("Succeeded", "Failed")
@@ -160,7 +160,7 @@ def render_kustomize(folder: Path) -> str:
 
 def refuse_if_check_fails(experiments: list[ex.Experiment]) -> None:
     """Print what `trainer check` would print and stop, before anything reaches the cluster."""
-    from trainer.check import print_findings
+    from trainer.experiment.check import print_findings
 
     problems = print_findings(experiments, out=sys.stderr)
     if problems:
@@ -333,7 +333,7 @@ def score(experiment: dict) -> str:
 
 def trial_rows(trials: list[dict], objective: dict) -> list:
     """TrialRows in creation order, numbered from 0 as Optuna numbers a local search's trials."""
-    from trainer.results import TrialRow
+    from trainer.experiment.results import TrialRow
 
     now = datetime.now(timezone.utc)
     metric = objective.get("objectiveMetricName", "")
@@ -354,7 +354,7 @@ def trial_rows(trials: list[dict], objective: dict) -> list:
 
 
 def trials(name: str, namespace=None, context=None) -> None:
-    from trainer.results import format_table
+    from trainer.experiment.results import format_table
 
     cluster, ns = connected(context, namespace)
     experiment = kube.get_experiment(cluster, ns, name)
@@ -371,7 +371,7 @@ def trials(name: str, namespace=None, context=None) -> None:
 
 
 def best(name: str, namespace=None, output=None, context=None) -> None:
-    from trainer.results import docker_line, preset_flags, write_preset
+    from trainer.experiment.results import docker_line, preset_flags, write_preset
 
     cluster, ns = connected(context, namespace)
     experiment = kube.get_experiment(cluster, ns, name)

@@ -13,8 +13,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import config
-from trainer.experiment import format_value, parse_flags
+from trainer.run import config
+from trainer.experiment.spec import format_value, parse_flags
 
 # Where a run reads and writes, not how it trains: left out of a preset.
 PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to")

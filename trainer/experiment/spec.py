@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import UsageError
-from trainer.report import KATIB_DEFAULT_FILTER
+from trainer.run.config import UsageError
+from trainer.run.report import KATIB_DEFAULT_FILTER
 
 KIND = "Experiment"
 API_GROUP = "kubeflow.org/"

@@ -43,10 +43,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer import builtin, check, config, report, results
-from trainer import experiment as ex
-from trainer import pruner as median
-from trainer.config import UsageError
+from trainer.run import builtin
+from trainer.experiment import check
+from trainer.run import config
+from trainer.run import report
+from trainer.experiment import results
+from trainer.experiment import spec as ex
+from trainer.experiment import pruner as median
+from trainer.run.config import UsageError
 
 ALGORITHMS = ("grid", "random", "tpe", "multivariate-tpe", "bayesianoptimization", "cmaes", "sobol")
 SMOKE_MAX_TRIALS = 4

@@ -19,7 +19,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer.config import UsageError
+from trainer.run.config import UsageError
 
 DEFAULT_MIN_TRIALS_REQUIRED = 3
 DEFAULT_START_STEP = 4

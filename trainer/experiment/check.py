@@ -20,9 +20,9 @@ import re
 import sys
 from dataclasses import dataclass
 
-from trainer import experiment as ex
-from trainer.config import FLAGS, UsageError, build_config, unknown_flag_message
-from trainer.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
+from trainer.experiment import spec as ex
+from trainer.run.config import FLAGS, UsageError, build_config, unknown_flag_message
+from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_NAME_LENGTH = 40

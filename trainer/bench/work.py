@@ -1,4 +1,4 @@
-"""One measured trainer process for `trainer bench`: python -m trainer.benchwork MODE --flag=value ...
+"""One measured trainer process for `trainer bench`: python -m trainer.bench.work MODE --flag=value ...
 
 It runs the real training command (train.run) with one extra callback that notes when each
 phase ends and prints them as one `BENCH {json}` line:
@@ -69,8 +69,8 @@ def probe(steps: int | None):
 
 def main(argv: list[str]) -> None:
     from trainer.cli import flag_names  # the CLI module, as `trainer` imports it
-    from trainer.config import UsageError, build_config
-    from trainer.train import run
+    from trainer.run.config import UsageError, build_config
+    from trainer.run.train import run
 
     mode, flags = argv[0], argv[1:]
     if mode != "startup" and not re.fullmatch(r"trial=[1-9]\d*", mode):

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import builtin
-from trainer.config import TrainConfig, UsageError
+from trainer.run import builtin
+from trainer.run.config import TrainConfig, UsageError
 
 TAG_PATTERN = re.compile(r"#\w+#")
 CACHE_FORMAT = "tokenized-v2"

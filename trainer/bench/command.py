@@ -2,7 +2,7 @@
 
     trainer bench [--output bench.json] [--model PATH] [--plot bench.png] [--threads 1]
 
-Every figure comes from real `trainer` processes (trainer/benchwork.py runs the training command
+Every figure comes from real `trainer` processes (trainer/bench/work.py runs the training command
 with a probe): start-up from process start to the first optimizer step, with a cold and with a
 warm tokenization cache; training (one of transformers' length groups: 50 batches); the
 evaluation after it (generate + Korean ROUGE); peak memory. `trainer --help` is timed on its
@@ -37,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer import builtin
-from trainer.config import UsageError, default_cache_dir
+from trainer.run import builtin
+from trainer.run.config import UsageError, default_cache_dir
 
 # Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
 # 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
@@ -125,7 +125,7 @@ def synthetic_rows(tokenizer, n: int, prefix: str, seed: int) -> list[dict]:
 
 
 def sample_tags() -> list[str]:
-    from trainer.data import TAG_PATTERN
+    from trainer.run.data import TAG_PATTERN
 
     return sorted({t for row in builtin.examples("train") for t in TAG_PATTERN.findall(row["dialogue"] + row["summary"])})
 
@@ -193,7 +193,7 @@ def worker_env(threads: int) -> dict:
 def run_worker(argv: list[str], env: dict) -> dict:
     """Spawn benchwork (argv: mode, then flags); its marks, with `spawned` (the wall-clock start) added."""
     spawned = time.time()
-    result = subprocess.run([sys.executable, "-m", "trainer.benchwork", *argv], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "trainer.bench.work", *argv], capture_output=True,
                             text=True, env=env, timeout=1800)
     marks = next((json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("BENCH ")), None)
     if marks is None:
@@ -355,7 +355,7 @@ def draw_plot(result: dict, path: str) -> None:
 # ---------------------------------------------------------------- the command
 
 def parse_against(against) -> list[str]:
-    from trainer.search import parse_overrides  # the reader of `trainer search --set`
+    from trainer.experiment.search import parse_overrides  # the reader of `trainer search --set`
 
     return [f"--{name}={value}" for name, value in parse_overrides(against, "--against").items()]
 
@@ -447,9 +447,9 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
 def make_data(model_path: str, work: Path, n_train: int):
     """train.csv and dev.csv, and their length statistics in the model's tokens (as the trainer
     tokenizes: tags as special tokens; real tokens count <s> and </s> and stop at 512/100)."""
-    from trainer.config import TrainConfig
-    from trainer.data import encode
-    from trainer.model import load_tokenizer
+    from trainer.run.config import TrainConfig
+    from trainer.run.data import encode
+    from trainer.run.model import load_tokenizer
 
     tokenizer = load_tokenizer(model_path, sample_tags())
     train = synthetic_rows(tokenizer, n_train, "train", seed=1)

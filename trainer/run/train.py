@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from trainer import report
-from trainer.config import TrainConfig, UsageError, cpu_count
-from trainer.data import Split, find_tags, load_splits, references_passed, tokenized
-from trainer.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
-from trainer.rouge import check_references, clean_prediction, korean_rouge
+from trainer.run import report
+from trainer.run.config import TrainConfig, UsageError, cpu_count
+from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
+from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
+from trainer.run.rouge import check_references, clean_prediction, korean_rouge
 
 EXIT_DIVERGED = 1
 EXIT_SIGTERM = 143

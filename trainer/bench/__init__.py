@@ -1,0 +1,1 @@
+"""Benchmarks: where a trial's time goes."""

@@ -1,0 +1,1 @@
+"""The cluster client: Katib SDK calls and Kubernetes access."""
