@@ -12,7 +12,7 @@ import yaml
 
 from trainer.experiment import check as check_module
 from trainer.experiment import spec as ex
-from trainer.run.config import UsageError
+from trainer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "manifests" / "experiments"
@@ -395,11 +395,6 @@ def test_trial_args_substitutes_parameters_and_meta_keys():
     with pytest.raises(UsageError, match="no value for parameter 'optim'"):
         ex.trial_args(e, {k: v for k, v in values.items() if k != "optim"}, "t")
 
-
-def test_with_flags_replaces_and_appends():
-    argv = ["trainer", "--train_file=/data/train.csv", "--fp16=true", "--output_dir=/output/t"]
-    assert ex.with_flags(argv, {"train_file": "builtin:sample", "max_train_samples": 8}) == [
-        "trainer", "--fp16=true", "--output_dir=/output/t", "--train_file=builtin:sample", "--max_train_samples=8"]
 
 
 def test_grid_points_match_katib():

@@ -23,11 +23,15 @@ import yaml
 from optuna.trial import TrialState
 
 from trainer.run import config
-from trainer.experiment import search
+from trainer.experiment import plan as search_plan
+from trainer.experiment import runner, search
+from trainer.experiment import space as search_space
+from trainer.experiment import study as search_study
 from trainer.experiment import spec as ex
 from trainer.experiment import pruner as median
 from trainer.experiment import results
-from trainer.run.config import UsageError
+from trainer.errors import UsageError
+from trainer.flags import format_value, parse_assignments, parse_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests" / "experiments"
@@ -94,7 +98,7 @@ def load(out: Path, name: str) -> optuna.Study:
 
 
 def states(study: optuna.Study) -> list[str]:
-    return [search.katib_state(t) for t in study.trials]
+    return [search_study.katib_state(t) for t in study.trials]
 
 
 def run_record(out: Path, trial_name: str) -> dict:
@@ -102,7 +106,7 @@ def run_record(out: Path, trial_name: str) -> dict:
 
 
 def flags_of(record: dict) -> dict:
-    return ex.parse_flags(record["argv"])
+    return parse_flags(record["argv"])
 
 
 def gone(pid: int) -> bool:
@@ -139,7 +143,7 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
         assert (out / "trials" / trial.user_attrs["trial_name"] / "metrics.json").is_file()
     if manifest == "grid":
         grid = ex.grid_points(experiment)
-        visited = [{k: ex.format_value(v) for k, v in t.params.items()} for t in study.trials]
+        visited = [{k: format_value(v) for k, v in t.params.items()} for t in study.trials]
         assert all(point in grid for point in visited) and visited[0] != visited[1]
     best = max(study.trials, key=lambda t: t.value)
     name = best.user_attrs["trial_name"]
@@ -148,7 +152,7 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
     assert f"--output_dir=/output/{name}" in docker and "builtin:" not in docker
     preset = config.build_config({"preset": str(out / "best.yaml"), "train_file": "builtin:sample",
                                   "eval_file": "builtin:sample"})
-    argv_flags = ex.parse_flags(ex.trial_args(experiment, best.params, name)[1:])
+    argv_flags = parse_flags(ex.trial_args(experiment, best.params, name)[1:])
     assert preset.learning_rate == float(argv_flags["learning_rate"])
     assert preset.num_train_epochs == float(argv_flags["num_train_epochs"])  # the Experiment's, not the smoke's 2
     assert (out / "optimization_history.png").stat().st_size > 0
@@ -194,8 +198,8 @@ def test_failed_and_metricsunavailable_trials_count_and_stop_the_search(tmp_path
     assert sorted(s for s in found if s != "Succeeded") == ["Failed", "MetricsUnavailable"]
     assert found[-1] in ("Failed", "MetricsUnavailable")  # nothing started after the second failure
     by_seed = {t.params["seed"]: t for t in study.trials}
-    assert search.katib_state(by_seed["13"]) == "Failed" and "exit status 3" in by_seed["13"].user_attrs["message"]
-    assert search.katib_state(by_seed["14"]) == "MetricsUnavailable"
+    assert search_study.katib_state(by_seed["13"]) == "Failed" and "exit status 3" in by_seed["13"].user_attrs["message"]
+    assert search_study.katib_state(by_seed["14"]) == "MetricsUnavailable"
     assert "maxFailedTrialCount is 2" in printed
 
 
@@ -270,7 +274,7 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     assert study.trials[0].value == first_value
     assert printed.count("] started") == 2  # only the rest of the budget ran
     assert study.trials[2].user_attrs["rerun_of"] == 1 and study.trials[2].params == study.trials[1].params
-    counted = [t.params["learning_rate"] for t in study.trials if search.katib_state(t) != "Interrupted"]
+    counted = [t.params["learning_rate"] for t in study.trials if search_study.katib_state(t) != "Interrupted"]
     assert sorted(counted) == ["0.1", "0.2", "0.3"]  # the whole grid, each point once
 
 
@@ -300,8 +304,8 @@ def test_a_killed_search_leaves_no_orphan_and_its_trial_runs_again(tmp_path, fak
 
 
 def test_sigterm_ends_the_search_like_ctrl_c():
-    with pytest.raises(search.Terminated) as raised:
-        with search.signals_raise():
+    with pytest.raises(runner.Terminated) as raised:
+        with runner.signals_raise():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     assert raised.value.signum == signal.SIGTERM
@@ -318,7 +322,7 @@ def test_a_trial_past_active_deadline_seconds_fails(tmp_path, fake_trainer, monk
     out = tmp_path / "out"
     search.search(str(path), output_dir=str(out))
     trial = load(out, "fake-deadline").trials[0]
-    assert search.katib_state(trial) == "Failed" and "activeDeadlineSeconds" in trial.user_attrs["message"]
+    assert search_study.katib_state(trial) == "Failed" and "activeDeadlineSeconds" in trial.user_attrs["message"]
     assert "end" not in run_record(out, "fake-deadline-000")
 
 
@@ -348,9 +352,9 @@ def test_wandb_trials_are_grouped_by_experiment(tmp_path, fake_trainer, monkeypa
     monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
     path = write_experiment(tmp_path, "fake-wandb", "random", [discrete("learning_rate", "0.1")], max_trials=1,
                             fixed=["--report_to=wandb"])
-    plan = search.make_plan(path, "", False, None, None, "", {}, str(tmp_path / "out"))
-    argv = search.local_argv(plan, {"learning_rate": "0.1"}, "fake-wandb-000")
-    env = search.trial_env(plan, argv, "fake-wandb-000")
+    plan = search_plan.make_plan(path, "", False, None, None, "", {}, str(tmp_path / "out"))
+    argv = search_plan.local_argv(plan, {"learning_rate": "0.1"}, "fake-wandb-000")
+    env = runner.trial_env(plan, argv, "fake-wandb-000")
     assert env["WANDB_RUN_GROUP"] == "fake-wandb" and env["WANDB_NAME"] == "fake-wandb-000"
     assert "--report_to=wandb" in argv
 
@@ -364,19 +368,19 @@ def at(second: int) -> datetime:
 
 def test_metric_strategies_follow_katib():
     reports = [(at(2), "0.5"), (None, "0.9"), (at(3), "0.2"), (at(1), "0.7")]
-    assert search.strategy_value(reports, "max") == "0.9"
-    assert search.strategy_value(reports, "min") == "0.2"
-    assert search.strategy_value(reports, "latest") == "0.2"  # by timestamp, not by line order
+    assert search_study.strategy_value(reports, "max") == "0.9"
+    assert search_study.strategy_value(reports, "min") == "0.2"
+    assert search_study.strategy_value(reports, "latest") == "0.2"  # by timestamp, not by line order
     # A report without a timestamp sorts first (Katib stores it at the zero time): never "latest".
-    assert search.strategy_value([(at(1), "0.3"), (None, "0.8")], "latest") == "0.3"
-    assert search.strategy_value([(at(1), "0.3"), (at(2), "")], "max") == "0.3"  # Katib skips a non-number
-    assert search.strategy_value([], "max") is None
+    assert search_study.strategy_value([(at(1), "0.3"), (None, "0.8")], "latest") == "0.3"
+    assert search_study.strategy_value([(at(1), "0.3"), (at(2), "")], "max") == "0.3"  # Katib skips a non-number
+    assert search_study.strategy_value([], "max") is None
 
 
 def test_default_strategies_come_from_the_objective_type():
     objective = ex.Objective(type="minimize", objective_metric_name="eval_loss",
                              additional_metric_names=["rouge1"], metric_strategies={"rouge1": "latest"})
-    assert search.metric_strategies(objective) == {"eval_loss": "min", "rouge1": "latest"}
+    assert ex.metric_strategies(objective) == {"eval_loss": "min", "rouge1": "latest"}
 
 
 def test_only_timestamped_first_token_counts_and_filters_apply():
@@ -384,10 +388,10 @@ def test_only_timestamped_first_token_counts_and_filters_apply():
         ex.load_experiments([MANIFESTS / "tpe.yaml"])[0]), "objective": "rouge_avg", "maximize": True})()
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = study.ask()
-    run = search.Running(trial=trial, name="t", process=None, started=time.time())
-    search.handle_line(plan, run, "2026-11-28T03:20:00Z epoch=1 rouge_avg=0.4")
-    search.handle_line(plan, run, "progress 50%\r2026-11-28T03:21:00Z epoch=2 rouge_avg=0.5")  # glued by \r
-    search.handle_line(plan, run, "{'eval_loss': 1.9, 'rouge_avg': 0.9}")  # HF's dict log: no name=value
+    run = runner.Running(trial=trial, name="t", process=None, started=time.time())
+    runner.handle_line(plan, run, "2026-11-28T03:20:00Z epoch=1 rouge_avg=0.4")
+    runner.handle_line(plan, run, "progress 50%\r2026-11-28T03:21:00Z epoch=2 rouge_avg=0.5")  # glued by \r
+    runner.handle_line(plan, run, "{'eval_loss': 1.9, 'rouge_avg': 0.9}")  # HF's dict log: no name=value
     assert [(ts is not None, v) for ts, v in run.reports["rouge_avg"]] == [(True, "0.4"), (False, "0.5")]
     assert study.trials[0].intermediate_values == {0: 0.4, 1: 0.5}
 
@@ -450,7 +454,7 @@ def experiment_text(algorithm: str, settings: dict | None = None, parameters=Non
 
 
 def test_distributions_follow_katibs_optuna_service():
-    space = search.distributions(ex.load_experiments([MANIFESTS / "tpe.yaml"])[0], grid=False)
+    space = search_space.distributions(ex.load_experiments([MANIFESTS / "tpe.yaml"])[0], grid=False)
     assert space["learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 5e-4, log=True)
     assert space["num_train_epochs"] == optuna.distributions.IntDistribution(10, 30, step=5)
     assert space["gradient_accumulation_steps"] == optuna.distributions.IntDistribution(1, 4)
@@ -463,11 +467,13 @@ def test_distributions_follow_katibs_optuna_service():
 def test_random_state_makes_each_sampler_reproducible(algorithm, tmp_path):
     pytest.importorskip({"cmaes": "cmaes", "bayesianoptimization": "scipy"}.get(algorithm, "optuna"))
     e = experiment_text(algorithm, {"random_state": "7"})
-    space = search.distributions(e, grid=False)
+    space = search_space.distributions(e, grid=False)
     plan = type("P", (), {"experiment": e, "parallel": 1, "distributions": space, "notes": []})()
 
     def suggestions():
-        study = optuna.create_study(direction="maximize", sampler=search.make_sampler(plan))
+        study = optuna.create_study(direction="maximize",
+                                    sampler=search_space.make_sampler(plan.experiment.algorithm, plan.distributions,
+                                                                      plan.parallel))
         found = []
         for index in range(4):
             trial = study.ask(space)
@@ -482,20 +488,20 @@ def test_random_state_makes_each_sampler_reproducible(algorithm, tmp_path):
 def test_tpe_uses_hyperopts_settings():
     e = experiment_text("tpe", {"gamma": "0.5", "n_EI_candidates": "12", "random_state": "1"})
     plan = type("P", (), {"experiment": e, "parallel": 2, "distributions": {}, "notes": []})()
-    sampler = search.make_sampler(plan)
+    sampler = search_space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
     assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert search.hyperopt_gamma(0.5)(16) == 2 and search.hyperopt_gamma(0.25)(10_000) == 25
+    assert search_space.hyperopt_gamma(0.5)(16) == 2 and search_space.hyperopt_gamma(0.25)(10_000) == 25
 
 
 # ---------------------------------------------------------------- flags and bad input
 
 
 def test_set_accepts_commas_lists_mappings_and_repeats():
-    assert search.parse_overrides("train_file=a.csv,eval_file=b.csv") == {"train_file": "a.csv", "eval_file": "b.csv"}
-    assert search.parse_overrides("[learning_rate=1e-5,fp16=true]") == {"learning_rate": "1e-5", "fp16": "true"}
-    assert search.parse_overrides(["seed=1", "--num-beams=2"]) == {"seed": "1", "num_beams": "2"}
-    assert search.parse_overrides({"fp16": True}) == {"fp16": "true"}
-    assert search.parse_overrides("dataset=a,b") == {"dataset": "a,b"}  # a comma not followed by name=
+    assert parse_assignments("train_file=a.csv,eval_file=b.csv", "--set", config.FLAGS) == {"train_file": "a.csv", "eval_file": "b.csv"}
+    assert parse_assignments("[learning_rate=1e-5,fp16=true]", "--set", config.FLAGS) == {"learning_rate": "1e-5", "fp16": "true"}
+    assert parse_assignments(["seed=1", "--num-beams=2"], "--set", config.FLAGS) == {"seed": "1", "num_beams": "2"}
+    assert parse_assignments({"fp16": True}, "--set", config.FLAGS) == {"fp16": "true"}
+    assert parse_assignments("dataset=a,b", "--set", config.FLAGS) == {"dataset": "a,b"}  # a comma not followed by name=
     assert search.command_line_sets(["search", "x.yaml", "--set=a=1", "--set", "b=2"]) == ["a=1", "b=2"]
     assert search.command_line_sets(["search", "x.yaml", "--set=a=1"]) == []  # fire's own value is enough
 
@@ -512,17 +518,17 @@ def test_set_rejects_bad_items(value, message):
 
 def test_pod_data_paths_are_refused_before_any_trial(tmp_path):
     with pytest.raises(UsageError, match=r"--train_file=/data/train.csv: no such file here.*--smoke"):
-        search.make_plan(MANIFESTS / "tpe.yaml", "", False, None, None, "", {}, str(tmp_path))
+        search_plan.make_plan(MANIFESTS / "tpe.yaml", "", False, None, None, "", {}, str(tmp_path))
     csv = tmp_path / "train.csv"
     csv.write_text("fname,dialogue,summary\n1,a,b\n")
-    plan = search.make_plan(MANIFESTS / "tpe.yaml", "", False, None, None, "",
+    plan = search_plan.make_plan(MANIFESTS / "tpe.yaml", "", False, None, None, "",
                             {"train_file": str(csv), "eval_file": str(csv)}, str(tmp_path))
-    assert f"--train_file={csv}" in search.local_argv(plan, search.sample_assignment(plan.experiment), "t")
+    assert f"--train_file={csv}" in search_plan.local_argv(plan, search_plan.sample_assignment(plan.experiment), "t")
 
 
 def test_bad_set_values_are_refused_by_the_trainers_validation(tmp_path):
     with pytest.raises(UsageError, match="learning_rate"):
-        search.make_plan(MANIFESTS / "tpe.yaml", "", True, None, None, "", {"learning_rate": "-1"}, str(tmp_path))
+        search_plan.make_plan(MANIFESTS / "tpe.yaml", "", True, None, None, "", {"learning_rate": "-1"}, str(tmp_path))
 
 
 def test_an_algorithm_without_local_equivalent_is_refused(tmp_path):
@@ -531,7 +537,7 @@ def test_an_algorithm_without_local_equivalent_is_refused(tmp_path):
     path = tmp_path / "hb.yaml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(UsageError, match="algorithm 'hyperband' has no local equivalent"):
-        search.make_plan(path, "", True, None, None, "", {}, str(tmp_path))
+        search_plan.make_plan(path, "", True, None, None, "", {}, str(tmp_path))
 
 
 def test_experiment_rejected_by_check_is_refused(tmp_path):
@@ -540,23 +546,23 @@ def test_experiment_rejected_by_check_is_refused(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(UsageError, match=r"spec.maxTrialCount: missing"):
-        search.make_plan(path, "", True, None, None, "", {}, str(tmp_path))
+        search_plan.make_plan(path, "", True, None, None, "", {}, str(tmp_path))
 
 
 def test_a_folder_of_experiments_needs_name(tmp_path):
     with pytest.raises(UsageError, match="holds 3 Experiments .* pick one with --name"):
-        search.make_plan(MANIFESTS, "", True, None, None, "", {}, str(tmp_path))
-    plan = search.make_plan(MANIFESTS, "kobart-random", True, None, None, "", {}, str(tmp_path))
-    assert plan.experiment.name == "kobart-random" and plan.max_trials == search.SMOKE_MAX_TRIALS
+        search_plan.make_plan(MANIFESTS, "", True, None, None, "", {}, str(tmp_path))
+    plan = search_plan.make_plan(MANIFESTS, "kobart-random", True, None, None, "", {}, str(tmp_path))
+    assert plan.experiment.name == "kobart-random" and plan.max_trials == search_plan.SMOKE_MAX_TRIALS
 
 
 def test_smoke_caps_epochs_even_when_searched(tmp_path):
-    plan = search.make_plan(MANIFESTS / "tpe.yaml", "", True, None, 2, "", {}, str(tmp_path))
-    params = search.sample_assignment(plan.experiment) | {"num_train_epochs": 30}
-    flags = ex.parse_flags(search.local_argv(plan, params, "kobart-tpe-000"))
+    plan = search_plan.make_plan(MANIFESTS / "tpe.yaml", "", True, None, 2, "", {}, str(tmp_path))
+    params = search_plan.sample_assignment(plan.experiment) | {"num_train_epochs": 30}
+    flags = parse_flags(search_plan.local_argv(plan, params, "kobart-tpe-000"))
     assert flags["num_train_epochs"] == "2" and flags["model_name_or_path"] == "builtin:tiny"
     assert flags["output_dir"] == str(tmp_path / "trials" / "kobart-tpe-000")
-    assert (plan.parallel, plan.max_trials) == (2, search.SMOKE_MAX_TRIALS)
+    assert (plan.parallel, plan.max_trials) == (2, search_plan.SMOKE_MAX_TRIALS)
 
 
 def test_cli_usage_error_is_one_line_and_help_explains_set(tmp_path):

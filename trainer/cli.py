@@ -1,54 +1,39 @@
-"""`trainer` console script.
-
-    trainer --learning_rate 3e-5 ...      one training run (the image entrypoint, every Katib trial)
-    trainer check PATH...                 offline check of Katib Experiments
-    trainer search EXPERIMENT.yaml        run an Experiment locally with Optuna
-    trainer bench                         where a trial's time goes
-    trainer katib submit|status|trials|best   drive Katib on a cluster
+"""`trainer` console script: bare --flags train once; the first word names a subcommand.
 
 Each subcommand is a plain function (or class) handed to python-fire; it returns None (fire
 would print anything else) and ends with SystemExit(code) when the exit status must say more.
-User mistakes raise config.UsageError: one line on stderr, exit 2. The training command's
-signature is generated from config.FLAGS, so --help lists every flag with its default.
+User mistakes raise UsageError: one line on stderr, exit 2. The training command's signature is
+generated from config.FLAGS, so --help lists every flag with its default. Every --option is
+checked against the command's own names first (a did-you-mean, never silently ignored), and the
+help is fire's without its noise (the INFO line, short flags, a bare `-` synopsis).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import inspect
+import io
+import re
 import sys
 
-from trainer.run.config import FLAGS, UsageError, help_text, unknown_flag_message
+from trainer.console import fail
+from trainer.errors import UsageError
+from trainer.flags import flag_names
+from trainer.run.config import FLAGS, help_text, unknown_flag_message
 
+# name -> (where it lives, its usage, one line of what it does): the one list of subcommands.
 SUBCOMMANDS = {
-    "check": "trainer.experiment.check:check",
-    "search": "trainer.experiment.search:search",
-    "bench": "trainer.bench.command:bench",
-    "katib": "trainer.cluster.katib:Katib",
+    "search": ("trainer.experiment.search:search", "search EXPERIMENT.yaml",
+               "run a Katib Experiment on this machine with Optuna"),
+    "check": ("trainer.experiment.check:check", "check PATH...",
+              "what Katib's webhook or the trainer would reject in Experiments, offline"),
+    "katib": ("trainer.cluster.katib:Katib", "katib submit|status|trials|best",
+              "drive Katib Experiments on a cluster"),
+    "bench": ("trainer.bench.command:bench", "bench", "where a trial's time goes, ours against the baseline"),
 }
-
 HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
-def flag_names(argv: list[str]) -> list[str]:
-    """Names of the --flags in argv, normalised as fire does (dashes -> underscores, --noX -> X)."""
-    names = []
-    for token in argv:
-        if token == "--":
-            break
-        if not token.startswith("--"):
-            continue
-        name = token[2:].split("=", 1)[0].replace("-", "_")
-        if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
-            name = name[2:]
-        names.append(name)
-    return names
 
 
 def train_command(**flags):
@@ -71,33 +56,113 @@ def load(target: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import fire
+def did_you_mean(word: str, choices) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
 
+
+def options_of(component, argv: list[str]) -> tuple[str, set[str]] | None:
+    """(command name, its --option names) for `trainer NAME [METHOD] ...`; None where fire decides
+    (a class without a method named yet: fire lists its methods)."""
+    target = component
+    name = argv[0]
+    if inspect.isclass(component):
+        methods = [m for m in vars(component) if not m.startswith("_") and callable(getattr(component, m))]
+        if len(argv) < 2 or argv[1].startswith("-"):
+            return None
+        if argv[1] not in methods:
+            raise UsageError(f"unknown command `trainer {name} {argv[1]}`{did_you_mean(argv[1], methods)} "
+                             f"(commands: {', '.join(methods)})")
+        target, name = getattr(component, argv[1]), f"{name} {argv[1]}"
+    parameters = inspect.signature(target).parameters.values()
+    names = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+    return name, names
+
+
+def refuse_unknown_options(component, argv: list[str]) -> None:
+    found = options_of(component, argv)
+    if found is None:
+        return
+    command, names = found
+    for name in flag_names(argv[1:]):
+        if name not in names and name not in HELP_FLAGS:
+            choices = [f"--{n}" for n in sorted(names)]
+            raise UsageError(f"unknown option --{name} of `trainer {command}`{did_you_mean('--' + name, choices)} "
+                             f"(options: {', '.join(choices) or 'none'})")
+
+
+def short_flags(argv: list[str]) -> list[str]:
+    """Single-dash flags other than -h: fire would read -f as --fp16; this CLI spells flags out."""
+    return [t for t in argv if re.fullmatch(r"-[A-Za-z]\w*(=.*)?", t) and t != "-h"]
+
+
+def tidy_help(text: str, commands: str = "") -> str:
+    """fire's help without its noise, and the subcommands listed where there are any."""
+    lines = [line for line in text.splitlines() if not line.startswith("INFO: Showing help with the command")]
+    lines = [re.sub(r"^(\s+)-\w, (--\w)", r"\1\2", line) for line in lines]
+    lines = [re.sub(r"^(\s+trainer(?: \w+)*) -$", r"\1 COMMAND", line) for line in lines]
+    text = "\n".join(lines).strip("\n") + "\n"
+    if commands:
+        text = text.replace("\nDESCRIPTION\n", f"\nCOMMANDS\n{commands}\nDESCRIPTION\n", 1)
+    return text
+
+
+def command_list() -> str:
+    width = max(len(usage) for _, usage, _ in SUBCOMMANDS.values()) + len("trainer ")
+    lines = [f"    {'trainer --flag=value ...'.ljust(width)}   one training run (every flag below)"]
+    lines += [f"    {('trainer ' + usage).ljust(width)}   {summary}" for _, usage, summary in SUBCOMMANDS.values()]
+    lines.append("    `trainer COMMAND --help` for one command's options")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # fire writes help to stderr; `trainer --help | less` should work.
-    help_to_stdout = contextlib.redirect_stderr(sys.stdout) if {"-h", "--help"} & set(argv) else contextlib.nullcontext()
     try:
-        with help_to_stdout:
-            dispatch(fire, argv)
+        if {"-h", "--help"} & set(argv[:3]) or (argv and argv[0] == "katib" and len(argv) == 1):
+            show_help(argv)
+        else:
+            dispatch(argv)
     except UsageError as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
 
 
-def dispatch(fire, argv: list[str]) -> None:
+def fire_call(component, argv: list[str]) -> None:
+    import fire
+
+    fire.Fire(component, command=argv, name="trainer")
+
+
+def show_help(argv: list[str]) -> None:
+    """fire's help text, captured (fire writes it to stderr and may page it) and tidied, on stdout."""
+    component = {argv[0]: load(SUBCOMMANDS[argv[0]][0])} if argv and argv[0] in SUBCOMMANDS else train_command
+    if component is not train_command:
+        argv = argv if {"-h", "--help"} & set(argv) else [*argv, "--help"]
+        refuse_unknown_options(component[argv[0]], argv)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        with contextlib.suppress(SystemExit):
+            fire_call(component, argv)
+    print(tidy_help(captured.getvalue(), command_list() if component is train_command else ""), end="")
+
+
+def dispatch(argv: list[str]) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
-        fire.Fire({argv[0]: load(SUBCOMMANDS[argv[0]])}, command=argv, name="trainer")
+        component = load(SUBCOMMANDS[argv[0]][0])
+        refuse_unknown_options(component, argv)
+        fire_call({argv[0]: component}, argv)
         return
-    for name in flag_names(argv):
-        if name not in FLAGS and name not in HELP_FLAGS:
-            fail(unknown_flag_message(name))
     if argv and not argv[0].startswith("-"):
-        fail(f"unknown command {argv[0]!r}; commands: {', '.join(SUBCOMMANDS)}, "
-             "or --flags to train (trainer --help)")
-    fire.Fire(train_command, command=argv, name="trainer")
+        raise UsageError(f"unknown command {argv[0]!r}{did_you_mean(argv[0], SUBCOMMANDS)} (commands: "
+                         f"{', '.join(SUBCOMMANDS)}, or --flags to train: trainer --help)")
+    for token in short_flags(argv):
+        raise UsageError(f"{token}: flags are spelled out (--fp16, --bf16, ...); run `trainer --help` for the list")
+    for name in flag_names(argv, known=FLAGS):
+        if name not in FLAGS and name not in HELP_FLAGS:
+            raise UsageError(unknown_flag_message(name))
+    fire_call(train_command, argv)
 
 
 if __name__ == "__main__":

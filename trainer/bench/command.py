@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 from trainer.run import builtin
-from trainer.run.config import UsageError, default_cache_dir
+from trainer.errors import UsageError
+from trainer.run.config import default_cache_dir
 
 # Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
 # 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
@@ -196,10 +197,8 @@ def run_worker(argv: list[str], env: dict) -> dict:
     result = subprocess.run([sys.executable, "-m", "trainer.bench.work", *argv], capture_output=True,
                             text=True, env=env, timeout=1800)
     marks = next((json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("BENCH ")), None)
-    if marks is None:
+    if marks is None:  # the flags passed check_flags: this is a failure, not a user's mistake
         lines = result.stderr.strip().splitlines() or ["(no output)"]
-        if lines[-1].startswith("trainer: error: "):
-            raise UsageError(lines[-1][len("trainer: error: "):])
         raise RuntimeError(f"benchmark run failed (exit {result.returncode}): {' '.join(argv)}\n"
                            + "\n".join(lines[-15:]))
     return {**marks, "spawned": spawned}
@@ -355,9 +354,18 @@ def draw_plot(result: dict, path: str) -> None:
 # ---------------------------------------------------------------- the command
 
 def parse_against(against) -> list[str]:
-    from trainer.experiment.search import parse_overrides  # the reader of `trainer search --set`
+    from trainer.flags import parse_assignments  # the reader of `trainer search --set`
+    from trainer.run.config import FLAGS
 
-    return [f"--{name}={value}" for name, value in parse_overrides(against, "--against").items()]
+    return [f"--{name}={value}" for name, value in parse_assignments(against, "--against", FLAGS).items()]
+
+
+def check_flags(flags: list[str]) -> None:
+    """Each side's flags through the trainer's own validation, before any run is spawned."""
+    from trainer.flags import parse_flags
+    from trainer.run.config import build_config
+
+    build_config(parse_flags(flags))
 
 
 def whole(name: str, value, least: int) -> int:
@@ -420,6 +428,8 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         files, stats = make_data(model_path, work, train_examples)
         common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
         flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
+        for side in flags.values():
+            check_flags(side)
         data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}", f"--max_eval_samples={n_eval}"]
         records = measure(flags, data, train_steps, work, repeats, worker_env(threads))
 

@@ -68,20 +68,20 @@ def probe(steps: int | None):
 
 
 def main(argv: list[str]) -> None:
-    from trainer.cli import flag_names  # the CLI module, as `trainer` imports it
-    from trainer.run.config import UsageError, build_config
+    from trainer.console import fail
+    from trainer.errors import UsageError
+    from trainer.flags import parse_flags
+    from trainer.run.config import build_config
     from trainer.run.train import run
 
     mode, flags = argv[0], argv[1:]
     if mode != "startup" and not re.fullmatch(r"trial=[1-9]\d*", mode):
         raise SystemExit(f"benchwork: mode must be startup or trial=STEPS, got {mode!r}")
     steps = None if mode == "startup" else int(mode.split("=")[1])
-    values = dict(zip(flag_names(flags), (f.split("=", 1)[1] for f in flags)))
     try:
-        run(build_config(values), callbacks=[probe(steps)])
+        run(build_config(parse_flags(flags)), callbacks=[probe(steps)])
     except UsageError as error:
-        print(f"trainer: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        fail(str(error))
     raise SystemExit("benchwork: the run ended before the probe's last mark")
 
 

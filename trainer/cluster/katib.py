@@ -22,13 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trainer.experiment import spec as ex
+from trainer.experiment import vocabulary as vocab
 from trainer.cluster import kube
-from trainer.run.config import UsageError
+from trainer.console import print_error
+from trainer.errors import UsageError
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-DONE_STATES = ("Succeeded", "Failed")
-SHOWN_TRIAL_STATES = ("Running", "Succeeded", "Failed", "MetricsUnavailable", "EarlyStopped")
-UNAVAILABLE = "unavailable"  # Katib's value for a metric never reported
+DONE_STATES = (vocab.SUCCEEDED, vocab.FAILED)  # an Experiment's end
+SHOWN_TRIAL_STATES = (vocab.RUNNING, vocab.SUCCEEDED, vocab.FAILED, vocab.METRICS_UNAVAILABLE, vocab.EARLY_STOPPED)
 
 
 class Katib:
@@ -107,7 +108,7 @@ def submit(paths, namespace=None, context=None) -> None:
         try:
             kube.create_experiment(cluster, ns, e.raw)
         except kube.AlreadyExists as error:
-            print(f"trainer: error: {error}", file=sys.stderr)  # the others still go in
+            print_error(str(error))  # the others still go in
             failed += 1
             continue
         print(f"experiment.kubeflow.org/{e.name} created in namespace {ns}; "
@@ -135,8 +136,8 @@ def documents(text: str, source: str) -> tuple[list[ex.Experiment], list[str]]:
         kinds = [str(d.get("kind")) for d in yaml.safe_load_all(text) if isinstance(d, dict)]
     except yaml.YAMLError:  # parse_documents has already reported bad YAML
         kinds = []
-    others = [k for k in kinds if k != ex.KIND]
-    others += [ex.KIND] * (kinds.count(ex.KIND) - len(experiments))  # Experiments of another API group
+    others = [k for k in kinds if k != vocab.KIND]
+    others += [vocab.KIND] * (kinds.count(vocab.KIND) - len(experiments))  # Experiments of another API group
     return experiments, others
 
 
@@ -202,13 +203,14 @@ def trial_state(trial: dict) -> str:
     Running, MetricsUnavailable, else Pending. Katib before 0.16 marked a trial without metrics
     Succeeded=False instead of MetricsUnavailable=True."""
     held = true_conditions(trial)
-    for state in ("Killed", "Failed", "Succeeded", "EarlyStopped", "Running", "MetricsUnavailable"):
+    for state in (vocab.KILLED, vocab.FAILED, vocab.SUCCEEDED, vocab.EARLY_STOPPED, vocab.RUNNING,
+                  vocab.METRICS_UNAVAILABLE):
         if state in held:
             return state
-    if any(c.get("type") == "Succeeded" and c.get("status") == "False"
+    if any(c.get("type") == vocab.SUCCEEDED and c.get("status") == "False"
            for c in field(trial, "status", "conditions", default=[])):
-        return "MetricsUnavailable"
-    return "Pending"
+        return vocab.METRICS_UNAVAILABLE
+    return vocab.PENDING
 
 
 def metric_strategy(objective: dict, metric: str) -> str:
@@ -216,7 +218,7 @@ def metric_strategy(objective: dict, metric: str) -> str:
     for strategy in objective.get("metricStrategies") or []:
         if strategy.get("name") == metric and strategy.get("value"):
             return strategy["value"]
-    return {"maximize": "max", "minimize": "min"}.get(objective.get("type"), "latest")
+    return vocab.default_strategy(objective.get("type"))
 
 
 def objective_value(observation, metric: str, strategy: str) -> float | None:
@@ -226,7 +228,7 @@ def objective_value(observation, metric: str, strategy: str) -> float | None:
         if m.get("name") != metric:
             continue
         text = m.get(strategy) if strategy in ("min", "max") else m.get("latest")
-        if text in (None, "", UNAVAILABLE):
+        if text in (None, "", vocab.UNAVAILABLE):
             text = m.get("latest")
         try:
             return float(text)
@@ -272,7 +274,7 @@ def status(name: str, namespace=None, watch=False, interval=30.0, context=None) 
         if not watch or state in DONE_STATES:
             break
         time.sleep(interval)
-    if state == "Failed":
+    if state == vocab.FAILED:
         raise SystemExit(1)
 
 
@@ -293,9 +295,9 @@ def status_text(experiment: dict) -> str:
 
 def trial_counts(experiment: dict) -> str:
     status = field(experiment, "status", default={})
-    counts = {"Running": "trialsRunning", "Succeeded": "trialsSucceeded", "Failed": "trialsFailed",
-              "MetricsUnavailable": "trialMetricsUnavailable", "EarlyStopped": "trialsEarlyStopped",
-              "Pending": "trialsPending", "Killed": "trialsKilled"}
+    counts = {vocab.RUNNING: "trialsRunning", vocab.SUCCEEDED: "trialsSucceeded", vocab.FAILED: "trialsFailed",
+              vocab.METRICS_UNAVAILABLE: "trialMetricsUnavailable", vocab.EARLY_STOPPED: "trialsEarlyStopped",
+              vocab.PENDING: "trialsPending", vocab.KILLED: "trialsKilled"}
     shown = [f"{state} {status.get(key) or 0}" for state, key in counts.items()
              if state in SHOWN_TRIAL_STATES or status.get(key)]
     budget = field(experiment, "spec", "maxTrialCount")

@@ -19,10 +19,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from trainer.run.config import UsageError
+from trainer.errors import UsageError
+from trainer.experiment import vocabulary as vocab
 
-DEFAULT_MIN_TRIALS_REQUIRED = 3
-DEFAULT_START_STEP = 4
 RULE_ATTR = "median_stop_rule"
 REPORTS_ATTR = "objective_reports"  # [[timestamp or "", value text], ...] in Katib's time order
 
@@ -42,8 +41,8 @@ def reported_values(trial: FrozenTrial) -> list[float]:
 
 
 class MedianStopPruner(optuna.pruners.BasePruner):
-    def __init__(self, min_trials_required: int = DEFAULT_MIN_TRIALS_REQUIRED,
-                 start_step: int = DEFAULT_START_STEP):
+    def __init__(self, min_trials_required: int = vocab.MEDIANSTOP_DEFAULT_MIN_TRIALS_REQUIRED,
+                 start_step: int = vocab.MEDIANSTOP_DEFAULT_START_STEP):
         self.min_trials_required = min_trials_required
         self.start_step = start_step
 
@@ -70,7 +69,7 @@ class MedianStopPruner(optuna.pruners.BasePruner):
 
 def from_settings(settings: dict) -> MedianStopPruner:
     """A pruner from Katib's medianstop algorithmSettings (strings, as Katib reads them)."""
-    values = {"min_trials_required": DEFAULT_MIN_TRIALS_REQUIRED, "start_step": DEFAULT_START_STEP}
+    values = {"min_trials_required": vocab.MEDIANSTOP_DEFAULT_MIN_TRIALS_REQUIRED, "start_step": vocab.MEDIANSTOP_DEFAULT_START_STEP}
     for name, text in settings.items():
         if name not in values:
             raise UsageError(f"medianstop setting {name!r} is unknown (known: {', '.join(values)})")

@@ -17,20 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.run.config import UsageError
+from trainer.errors import UsageError
+from trainer.experiment import vocabulary as vocab
+from trainer.flags import format_value
 from trainer.run.report import KATIB_DEFAULT_FILTER
 
-KIND = "Experiment"
-API_GROUP = "kubeflow.org/"
-
 PARAM_REF = re.compile(r"\$\{trialParameters\.(.+?)\}")
-# Katib's meta references: ${trialSpec.Name}, ${trialSpec.Labels[key]}, ...
 META_REF = re.compile(r"^\$\{trialSpec\.(.+)\}$")
-META_KEYS = ("Name", "Namespace", "Kind", "APIVersion", "Labels", "Annotations")
-
-# Katib's defaults where a field is omitted (set by its mutating webhook).
-DEFAULT_PARALLEL_TRIAL_COUNT = 3
-DEFAULT_COLLECTOR = "StdOut"
 
 
 @dataclass
@@ -79,7 +72,7 @@ class TrialTemplate:
 
 @dataclass
 class MetricsCollector:
-    kind: str = DEFAULT_COLLECTOR
+    kind: str = vocab.DEFAULT_COLLECTOR
     metrics_format: list[str] = field(default_factory=list)
     source: dict = field(default_factory=dict)
 
@@ -144,7 +137,7 @@ def parse_documents(text: str, source: str) -> list[Experiment]:
     return [
         parse_experiment(doc, source)
         for doc in documents
-        if isinstance(doc, dict) and doc.get("kind") == KIND and str(doc.get("apiVersion", "")).startswith(API_GROUP)
+        if isinstance(doc, dict) and doc.get("kind") == vocab.KIND and str(doc.get("apiVersion", "")).startswith(vocab.API_GROUP)
     ]
 
 
@@ -217,7 +210,7 @@ def _parameter(p: dict) -> Parameter:
 def _collector(m: dict) -> MetricsCollector:
     source = _mapping(m.get("source"))
     formats = _mapping(source.get("filter")).get("metricsFormat")
-    kind = _mapping(m.get("collector")).get("kind") or DEFAULT_COLLECTOR
+    kind = _mapping(m.get("collector")).get("kind") or vocab.DEFAULT_COLLECTOR
     return MetricsCollector(kind=str(kind), metrics_format=[str(f) for f in _items(formats)], source=source)
 
 
@@ -242,6 +235,16 @@ def _template(t: dict) -> TrialTemplate:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def written(experiment: Experiment, key: str) -> bool:
+    """spec.<key> is there, whatever its shape (`trainer check` reports a wrong one)."""
+    return isinstance(experiment.raw.get("spec"), dict) and key in experiment.raw["spec"]
+
+
+def is_int(value) -> bool:
+    """A YAML integer (Katib's int32 fields), not a bool or a quoted number."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_batch_job(spec: dict | None) -> bool:
@@ -279,14 +282,9 @@ def meta_key(reference: str) -> str | None:
     key = match.group(1)
     sub = re.fullmatch(r"(.+)\[(.+)\]", key)
     key = sub.group(1) if sub else key
-    return key if key in META_KEYS else None
+    return key if key in vocab.META_KEYS else None
 
 
-def format_value(value: Any) -> str:
-    """A parameter value as Katib writes it into the trial (Python str(), booleans lower-case)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def meta_value(experiment: Experiment, reference: str, trial_name: str) -> str:
@@ -329,21 +327,8 @@ def trial_args(experiment: Experiment, assignment: dict[str, Any], trial_name: s
     return [PARAM_REF.sub(substitute, arg) for arg in argv]
 
 
-def parse_flags(argv: list[str]) -> dict[str, str]:
-    """{flag: value} from `--flag=value` / bare `--flag` (true) arguments; other tokens are skipped."""
-    flags = {}
-    for token in argv:
-        if token.startswith("--"):
-            name, sep, value = token[2:].partition("=")
-            flags[name.replace("-", "_")] = value if sep else "true"
-    return flags
 
 
-def with_flags(argv: list[str], overrides: dict[str, Any]) -> list[str]:
-    """argv with each overridden --flag replaced (or appended), e.g. local data paths for a dry run."""
-    names = {name.replace("-", "_") for name in overrides}
-    kept = [a for a in argv[1:] if not (a.startswith("--") and a[2:].partition("=")[0].replace("-", "_") in names)]
-    return [argv[0], *kept, *(f"--{name}={format_value(value)}" for name, value in overrides.items())]
 
 
 def grid_axis(parameter: Parameter) -> list[str]:
@@ -417,3 +402,23 @@ def metric_names(experiment: Experiment) -> list[str]:
     if experiment.objective is None:
         return []
     return [experiment.objective.objective_metric_name, *experiment.objective.additional_metric_names]
+
+
+def metric_strategies(objective: Objective) -> dict[str, str]:
+    """min | max | latest for every metric: the objective's metricStrategies, else Katib's default."""
+    default = vocab.default_strategy(objective.type)
+    names = [objective.objective_metric_name, *objective.additional_metric_names]
+    return {**{n: default for n in names}, **objective.metric_strategies}
+
+
+def parallel_trial_count(experiment: Experiment):
+    """parallelTrialCount as written, or Katib's default when it is omitted."""
+    count = experiment.parallel_trial_count
+    return count if count is not None else vocab.DEFAULT_PARALLEL_TRIAL_COUNT
+
+
+def active_deadline_s(experiment: Experiment) -> float | None:
+    """The trial Job's activeDeadlineSeconds, when it sets a positive one."""
+    spec = _mapping(_mapping(experiment.trial_template.trial_spec if experiment.trial_template else None).get("spec"))
+    deadline = spec.get("activeDeadlineSeconds")
+    return float(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and deadline > 0 else None

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
-class UsageError(Exception):
-    """A mistake the user can fix: printed as one line, exit status 2, no traceback."""
+from trainer.errors import UsageError
 
 
 def _flag(default: Any, help: str) -> Any:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.run import builtin
-from trainer.run.config import TrainConfig, UsageError
+from trainer.errors import UsageError, first_line
+from trainer.run.config import TrainConfig
 
 TAG_PATTERN = re.compile(r"#\w+#")
 CACHE_FORMAT = "tokenized-v2"
@@ -51,8 +52,7 @@ def read_table(path: Path, flag: str):
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=suffix == ".jsonl", dtype=False).fillna("").astype(str)
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UsageError(f"--{flag}: cannot read {str(path)!r}: {first_line}") from None
+        raise UsageError(f"--{flag}: cannot read {str(path)!r}: {first_line(error)}") from None
     raise UsageError(f"--{flag}: {str(path)!r} is not .csv, .jsonl or .json (or use --dataset)")
 
 
@@ -105,8 +105,7 @@ def load_dataset_frames(name: str):
         else:
             loaded = datasets.load_dataset(name)
     except Exception as error:  # datasets raises many types for "not found / unreachable"
-        raise UsageError(f"--dataset {name!r}: cannot load ({error.__class__.__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise UsageError(f"--dataset {name!r}: cannot load ({error.__class__.__name__}: {first_line(error)})") from None
     eval_split = next((s for s in ("validation", "dev", "test") if s in loaded), None)
     if "train" not in loaded or eval_split is None:
         raise UsageError(f"--dataset {name!r}: needs a train split and a validation/dev/test split; "

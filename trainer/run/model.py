@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from trainer.run import builtin
-from trainer.run.config import TrainConfig, UsageError
+from trainer.errors import UsageError, first_line
+from trainer.run.config import TrainConfig
 
 # BART's learned positions keep 2 slots for an offset: 1026 positions -> 1024 tokens in.
 BART_POSITION_OFFSET = 2
@@ -21,8 +22,7 @@ def load_model_config(path: str):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UsageError(f"--model_name_or_path {path!r}: cannot load its config: {first}") from None
+        raise UsageError(f"--model_name_or_path {path!r}: cannot load its config: {first_line(error)}") from None
 
 
 def max_input_tokens(model_config) -> int | None:
@@ -58,8 +58,7 @@ def load_model(path: str, tokenizer, model_config):
         model = AutoModelForSeq2SeqLM.from_pretrained(path, config=model_config, use_safetensors=True,
                                                       trust_remote_code=False)
     except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise UsageError(f"--model_name_or_path {path!r}: cannot load safetensors weights: {first}") from None
+        raise UsageError(f"--model_name_or_path {path!r}: cannot load safetensors weights: {first_line(error)}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     align_generation(model, tokenizer)

@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.console import fail, warn
 from trainer.run import report
-from trainer.run.config import TrainConfig, UsageError, cpu_count
+from trainer.errors import UsageError
+from trainer.run.config import TrainConfig, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
 from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
 from trainer.run.rouge import check_references, clean_prediction, korean_rouge
@@ -32,10 +34,6 @@ BEST_MODEL_DIR = "best_model"
 
 class TrainingDiverged(Exception):
     """A non-finite loss or metric: the trial must fail, never report nan."""
-
-
-def warn(message: str) -> None:
-    print(f"trainer: warning: {message}", file=sys.stderr, flush=True)
 
 
 def quiet_libraries() -> None:
@@ -428,8 +426,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except TrainingDiverged as error:
-        print(f"trainer: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_DIVERGED) from None
+        fail(str(error), EXIT_DIVERGED)
     if sigterm["seen"]:
         print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
               f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
@@ -447,8 +444,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
                                                           everything, records)
             report.emit(report.format_metric_line(final, record["epoch"]))
         except (TrainingDiverged, report.NonFiniteMetric) as error:
-            print(f"trainer: error: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_DIVERGED) from None
+            fail(str(error), EXIT_DIVERGED)
         write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in range(len(eval_split.ids))])
         extra["final_evaluation"] = {"epoch": record["epoch"], "step": record["step"],
                                      "examples": len(eval_split.ids), **final}

@@ -1,0 +1,260 @@
+"""`trainer check`'s rules for how trials run: the metrics collector, the trial template (Katib's
+webhook rules) and the trial command (every argument a trainer flag, every value one the trainer
+accepts, nothing the shell would split)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from trainer.errors import UsageError
+from trainer.experiment import spec as ex
+from trainer.experiment import vocabulary as vocab
+from trainer.experiment.findings import Report
+from trainer.flags import flag_name, format_value, parse_flags
+from trainer.run.config import FLAGS, build_config, unknown_flag_message
+from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
+
+# Every epoch's names, then the end-of-run line's (whole-set figures under --eval_max_samples).
+PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
+# Larger grids get their values checked one axis at a time, not every combination.
+FULL_GRID_CHECK_LIMIT = 512
+# Katib joins command and args with spaces into `sh -c` without quoting.
+SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
+
+
+def shell_problem(text: str) -> str | None:
+    """'a space' / "the shell character ';'" when `text` would not survive sh -c unquoted."""
+    match = SHELL_UNSAFE.search(ex.PARAM_REF.sub("x", text))
+    if not match:
+        return None
+    return "a space" if match.group().isspace() else f"the shell character {match.group()!r}"
+
+
+def check_collector(e: ex.Experiment, report: Report) -> None:
+    kind = e.metrics_collector.kind
+    field = "spec.metricsCollectorSpec.collector.kind"
+    if kind == "None":
+        report.problem(field, "None was removed from Katib (Push replaces it); this trainer prints its "
+                              "metrics on stdout: use StdOut")
+        return
+    if kind not in vocab.COLLECTORS:
+        report.problem(field, f"{kind!r} is not a collector kind ({', '.join(vocab.COLLECTORS)})")
+        return
+    if kind != "StdOut":
+        report.problem(field, f"{kind}: the trainer reports its metrics on stdout (use StdOut)")
+        return
+    filters = e.metrics_collector.metrics_format
+    field = "spec.metricsCollectorSpec.source.filter.metricsFormat"
+    for pattern in filters:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            report.problem(field, f"{pattern!r} is not a valid regex ({error})")
+            return
+        if compiled.groups < 2:
+            report.problem(field, f"{pattern!r} needs two groups: the metric name and its value")
+            return
+    wanted = [n for n in ex.metric_names(e) if n in PRINTED]
+    sample = format_metric_line({name: 0.5 for name in PRINTED}, epoch=1)
+    _, found = parse_line(sample, wanted, ex.metric_filters(e))
+    missing = [n for n in wanted if n not in {name for name, _ in found}]
+    if missing:
+        report.problem(field, f"does not read {', '.join(missing)} from the trainer's metric line "
+                              f"({sample!r})")
+
+
+# ---------------------------------------------------------------- trial template
+
+
+def check_template(e: ex.Experiment, report: Report) -> bool:
+    """Katib's trialTemplate rules; True when the template is sound enough to check its command."""
+    t = e.trial_template
+    field = "spec.trialTemplate"
+    if t is None:
+        if not ex.written(e, "trialTemplate"):
+            report.problem(field, "missing")
+        return False
+    if t.config_map is not None:
+        report.problem(f"{field}.configMap", "not supported here: write the trialSpec inline so "
+                                             "`trainer check` and `trainer search` can read it")
+        return False
+    if t.trial_spec is None:
+        if "trialSpec" not in e.raw["spec"]["trialTemplate"]:
+            report.problem(f"{field}.trialSpec", "missing")
+        return False
+    if not t.primary_container_name:
+        report.problem(f"{field}.primaryContainerName", "missing (the container that runs the trainer)")
+    job = ex.is_batch_job(t.trial_spec)
+    if not job and not (t.success_condition and t.failure_condition):
+        report.problem(field, "successCondition and failureCondition are required (Katib has defaults only "
+                              "for batch/v1 Job)")
+    meta = t.trial_spec.get("metadata") if isinstance(t.trial_spec.get("metadata"), dict) else {}
+    if meta.get("name") or meta.get("namespace"):
+        report.problem(f"{field}.trialSpec.metadata", "must not set name or namespace (Katib names each trial)")
+    if not t.trial_spec.get("apiVersion") or not t.trial_spec.get("kind"):
+        report.problem(f"{field}.trialSpec", "apiVersion and kind are required")
+    elif not job:
+        report.problem(f"{field}.trialSpec", f"{t.trial_spec.get('apiVersion')}/{t.trial_spec.get('kind')}: "
+                                             "trials of this trainer are batch/v1 Jobs (one process, one GPU)")
+    sound = check_trial_parameters(e, report)
+    if t.primary_container_name and job and ex.primary_container(e) is None:
+        names = ", ".join(str(c.get("name")) for c in ex.containers(e)) or "none"
+        report.problem(f"{field}.primaryContainerName", f"{t.primary_container_name!r} is not a container "
+                                                        f"of the trial Job (containers: {names})")
+        return False
+    return sound and job and bool(t.primary_container_name)
+
+
+def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
+    t = e.trial_template
+    field = "spec.trialTemplate.trialParameters"
+    if t.trial_parameters is None:
+        report.problem(field, "missing")
+        return False
+    text = json.dumps(t.trial_spec)
+    parameters = {p.name for p in e.parameters}
+    names, refs, sound = set(), set(), True
+    for tp in t.trial_parameters:
+        label = f"{field}[{tp.name or '?'}]"
+        if not tp.name or not tp.reference or "{" in tp.name or "}" in tp.name:
+            report.problem(label, "needs a name (without { or }) and a reference")
+            sound = False
+            continue
+        if tp.name in names:
+            report.problem(label, "name declared twice")
+            sound = False
+        if tp.reference in refs:
+            report.problem(f"{label}.reference", f"{tp.reference!r} is referenced twice")
+            sound = False
+        names.add(tp.name)
+        refs.add(tp.reference)
+        if not ex.meta_key(tp.reference) and tp.reference not in parameters:
+            report.problem(f"{label}.reference", f"{tp.reference!r} is neither a parameter "
+                                                 f"({', '.join(sorted(parameters)) or 'none'}) nor a meta key "
+                                                 "like ${trialSpec.Name}")
+            sound = False
+        if "${trialParameters.%s}" % tp.name not in text:
+            report.problem(label, f"not used in the trialSpec (add ${{trialParameters.{tp.name}}} to an argument)")
+    for used in sorted(set(ex.PARAM_REF.findall(text)) - names):
+        report.problem(field, f"${{trialParameters.{used}}} is used in the trialSpec but not declared here")
+        sound = False
+    for name in sorted(parameters - refs):
+        report.problem(f"spec.parameters[{name}]", "no trialParameter references it: the search would vary a "
+                                                   "value no trial receives")
+    return sound
+
+
+# ---------------------------------------------------------------- trial command
+
+
+def check_trial_command(e: ex.Experiment, report: Report) -> None:
+    container = ex.primary_container(e)
+    field = "spec.trialTemplate.trialSpec.containers[%s]" % container.get("name")
+    for key in ("command", "args"):
+        value = container.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            report.problem(f"{field}.{key}", f"must be a list of strings, e.g. [\"--seed=1\"] (got {value!r})")
+            return
+    argv = ex.template_argv(e)
+    if not container.get("command"):
+        report.problem(f"{field}.command", "missing: spell out command: [trainer] (Katib's collector rewrites "
+                                           "command+args into sh -c and would otherwise look the image "
+                                           "ENTRYPOINT up in the registry)")
+        return
+    if argv[0] != "trainer":
+        report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
+                                           "(command: [trainer]; a launcher defeats early stopping)")
+        return
+    check_values(e, check_arguments(argv[1:], f"{field}.args", report), report)
+
+
+def check_arguments(args: list[str], field: str, report: Report) -> dict[str, str]:
+    """{flag: argument} of the usable `--flag=value` arguments; the others are reported."""
+    flags = {}
+    for arg in args:
+        name = flag_name(arg)
+        if shell_problem(arg):
+            report.problem(field, f"{arg!r} contains {shell_problem(arg)} (Katib joins command and args "
+                                  "unquoted into sh -c); write one --flag=value per argument")
+        elif not arg.startswith("--"):
+            report.problem(field, f"{arg!r} is not a --flag=value argument")
+        elif name not in FLAGS:
+            report.problem(field, f"{arg!r}: {unknown_flag_message(name)}")
+        elif name in flags:
+            report.problem(field, f"--{name} is given twice")
+        else:
+            flags[name] = arg
+    return flags
+
+
+def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) -> None:
+    """Every value a trial can receive passes the trainer's own validation (build_config).
+
+    The fixed arguments are checked alone; then each parameter's sample values (bounds, list
+    values, grid points) on top of them; for a grid, every full combination as well.
+    """
+    refs = {tp.name: tp.reference for tp in e.trial_template.trial_parameters}
+    by_param: dict[str, list[str]] = {}
+    static = []
+    for name, arg in flag_args.items():
+        used = [refs[n] for n in ex.PARAM_REF.findall(arg) if not ex.meta_key(refs.get(n, ""))]
+        for reference in used:
+            by_param.setdefault(reference, []).append(name)
+        if not used:
+            static.append(name)
+    # Any value does for parameters whose flags are not being checked; "0" when none is usable.
+    base = {p.name: (sample_values(e, p) or ["0"])[0] for p in e.parameters}
+    field = "spec.trialTemplate.trialSpec.args"
+    static_error = trainer_error(e, base, static)
+    if static_error:
+        report.problem(field, f"rejected by the trainer: {static_error}")
+    seen = set()
+    for p in e.parameters:
+        for value in sample_values(e, p):
+            flags = ([] if static_error else static) + by_param.get(p.name, [])
+            message = trainer_error(e, {**base, p.name: value}, flags)
+            if message and message not in seen:
+                seen.add(message)
+                report.problem(f"spec.parameters[{p.name}]", f"value {value!r} is rejected by the trainer: {message}")
+    points = safe_grid(e) if e.algorithm and e.algorithm.name == "grid" else []
+    if not static_error and not seen and len(points) <= FULL_GRID_CHECK_LIMIT:
+        for point in points:
+            message = trainer_error(e, point, list(flag_args))
+            if message and message not in seen:
+                seen.add(message)
+                shown = " ".join(f"{k}={v}" for k, v in point.items())
+                report.problem("spec.parameters", f"grid point {shown} is rejected by the trainer: {message}")
+
+
+def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
+    """Values a trial may receive: the list, the grid axis, or the bounds as Katib formats them."""
+    if p.parameter_type in ("categorical", "discrete"):
+        return [format_value(v) for v in (p.list or [])]
+    if e.algorithm and e.algorithm.name == "grid":
+        try:
+            return ex.grid_axis(p)
+        except UsageError:
+            return []
+    try:
+        low, high = float(str(p.min)), float(str(p.max))
+        return [str(int(low)), str(int(high))] if p.parameter_type == "int" else [str(low), str(high)]
+    except (ValueError, OverflowError):  # reported by check_range
+        return []
+
+
+def safe_grid(e: ex.Experiment) -> list[dict[str, str]]:
+    try:
+        return ex.grid_points(e)
+    except UsageError:
+        return []
+
+
+def trainer_error(e: ex.Experiment, assignment: dict[str, str], names: list[str]) -> str | None:
+    """What the trainer says about the named flags of this assignment's trial argv (None: accepted)."""
+    try:
+        argv = ex.trial_args(e, assignment, f"{e.name or 'trial'}-check")
+        build_config({k: v for k, v in parse_flags(argv[1:]).items() if k in names})
+    except UsageError as error:
+        return str(error)
+    return None

@@ -1,0 +1,232 @@
+"""What a local search will run: the Experiment read and checked, its budget, and each trial's command.
+
+`make_plan` turns an Experiment file and `trainer search`'s options into a Plan before any trial
+starts, refusing what `trainer check` rejects and what could not run on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.console import say, warn
+from trainer.errors import UsageError
+from trainer.experiment import check, check_trial, space
+from trainer.experiment import spec as ex
+from trainer.experiment import vocabulary as vocab
+from trainer.flags import format_value, parse_flags, with_flags
+from trainer.run import builtin, config
+
+SMOKE_MAX_TRIALS = 4
+SMOKE_EPOCHS = 2
+SMOKE_FLAGS = {
+    "model_name_or_path": builtin.TINY,
+    "train_file": builtin.SAMPLE,
+    "eval_file": builtin.SAMPLE,
+    "max_train_samples": "128",
+    "max_eval_samples": "16",
+    "num_beams": "1",
+    "report_to": "none",
+}
+
+
+@dataclass
+class Plan:
+    experiment: ex.Experiment
+    objective: str
+    maximize: bool
+    strategies: dict[str, str]  # metric -> min | max | latest
+    metrics: list[str]
+    filters: list[str]
+    goal: float | None
+    max_trials: int
+    budget_source: str  # maxTrialCount, --max_trials or --smoke
+    parallel: int
+    max_failed: int | None
+    deadline_s: float | None  # the trial Job's activeDeadlineSeconds
+    distributions: dict
+    overrides: dict[str, str]
+    smoke: bool
+    output_dir: Path
+    storage: str
+    cache_dir: str
+    entrypoint: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def select_experiment(path, name: str) -> ex.Experiment:
+    text = sys.stdin.read() if str(path) == "-" else None
+    found = ex.load_experiments([] if text is not None else [str(path)], text=text)
+    if not found:
+        raise UsageError(f"{path}: no Katib Experiment (apiVersion kubeflow.org/v1beta1, kind Experiment)")
+    names = ", ".join(e.name or "<no name>" for e in found)
+    if name:
+        found = [e for e in found if e.name == name]
+        if len(found) != 1:
+            raise UsageError(f"{path}: {len(found) or 'no'} Experiments named {name!r} (found: {names})")
+    elif len(found) > 1:
+        raise UsageError(f"{path} holds {len(found)} Experiments ({names}); pick one with --name")
+    return found[0]
+
+
+def refuse_rejected(experiment: ex.Experiment) -> None:
+    """What `trainer check` rejects is refused here too, with its first problem."""
+    findings = check.check_experiment(experiment)
+    for finding in findings.warnings:
+        warn(f"{finding.field}: {finding.message}", who="trainer search")
+    if findings.problems:
+        first, more = findings.problems[0], len(findings.problems) - 1
+        also = f" (and {more} more problems: run `trainer check {experiment.source}`)" if more else ""
+        raise UsageError(f"{experiment.source}: {experiment.name}: {first.field}: {first.message}{also}")
+
+
+def whole_number(value, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
+    if isinstance(value, bool) or number < 1:
+        raise UsageError(f"--{flag}={value!r} must be a whole number >= 1")
+    return number
+
+
+def entrypoint(command: str) -> list[str]:
+    if command != "trainer":
+        return [command]
+    found = shutil.which("trainer")
+    return [found] if found else [sys.executable, "-m", "trainer.cli"]
+
+
+def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir) -> Plan:
+    e = select_experiment(path, name)
+    refuse_rejected(e)
+    algorithm = e.algorithm.name
+    if algorithm not in space.LOCAL_ALGORITHMS:
+        raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
+                         f"(trainer search runs: {', '.join(space.LOCAL_ALGORITHMS)})")
+    notes = []
+    budget, source = whole_number(max_trials, "max_trials"), "--max_trials"
+    if budget is None:
+        budget, source = e.max_trial_count, "maxTrialCount"
+        if smoke:
+            budget, source = min(budget, SMOKE_MAX_TRIALS), "--smoke"
+    if algorithm == "grid":
+        size = len(ex.grid_points(e))
+        if budget > size:
+            notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
+            budget = size
+    at_once = whole_number(parallel, "parallel")
+    if at_once is None:
+        at_once = ex.parallel_trial_count(e)
+    out = Path(output_dir or Path("outputs") / "search" / (e.name + ("-smoke" if smoke else ""))).resolve()
+    plan = Plan(
+        experiment=e,
+        objective=e.objective.objective_metric_name,
+        maximize=e.objective.type == "maximize",
+        strategies=ex.metric_strategies(e.objective),
+        metrics=ex.metric_names(e),
+        filters=ex.metric_filters(e),
+        goal=float(e.objective.goal) if e.objective.goal is not None else None,
+        max_trials=budget,
+        budget_source=source,
+        parallel=min(at_once, budget),
+        max_failed=e.max_failed_trial_count,
+        deadline_s=ex.active_deadline_s(e),
+        distributions=space.distributions(e, grid=algorithm == "grid"),
+        overrides=overrides,
+        smoke=smoke,
+        output_dir=out,
+        storage=storage or f"sqlite:///{out / 'study.db'}",
+        cache_dir=config.default_cache_dir(),
+        entrypoint=entrypoint(ex.template_argv(e)[0]),
+        notes=notes + space.ignored_settings(e.algorithm),
+    )
+    validate_locally(plan)
+    return plan
+
+
+def sample_assignment(e: ex.Experiment) -> dict[str, str]:
+    return {p.name: (check_trial.sample_values(e, p) or ["0"])[0] for p in e.parameters}
+
+
+def validate_locally(plan: Plan) -> None:
+    """One trial's flags through the trainer's own validation, and its data files on this disk,
+    before any trial starts: the Experiment's pod paths (/data/...) do not exist here."""
+    argv = local_argv(plan, sample_assignment(plan.experiment), f"{plan.experiment.name}-check")
+    settings = config.build_config(parse_flags(argv))
+    if settings.dataset:
+        return
+    for flag in ("train_file", "eval_file"):
+        value = getattr(settings, flag)
+        if value != builtin.SAMPLE and not Path(value).is_file():
+            raise UsageError(f"--{flag}={value}: no such file here (a path inside the trial pod?); pass "
+                             f"--set=train_file=PATH,eval_file=PATH, or --smoke for the built-in sample")
+
+
+def show_plan(plan: Plan) -> None:
+    e = plan.experiment
+    stopping = f", early stopping {e.early_stopping.name}" if e.early_stopping else ""
+    say(f"trainer search: {e.name} from {e.source}: {e.algorithm.name}{stopping}")
+    direction = "maximize" if plan.maximize else "minimize"
+    goal = f", goal {plan.goal:g}" if plan.goal is not None else ""
+    say(f"  objective: {direction} {plan.objective} ({plan.strategies[plan.objective]} over each trial's "
+        f"evaluations){goal}")
+    failing = f", stop once {plan.max_failed} have failed" if plan.max_failed is not None else ""
+    say(f"  budget: {plan.max_trials} trials ({plan.budget_source}; maxTrialCount {e.max_trial_count}), "
+        f"{plan.parallel} at a time{failing}")
+    if plan.smoke:
+        searched = "num_train_epochs" in searched_flags(e)
+        say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
+            f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
+            f"at {SMOKE_EPOCHS}" + (" (a searched parameter: the cap overrides it)" if searched else ""))
+        say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
+            "best hyperparameters")
+        if e.early_stopping and e.early_stopping.name == "medianstop":
+            start = int(e.early_stopping.settings.get("start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
+            if start > SMOKE_EPOCHS:
+                say(f"  smoke: medianstop judges a trial from evaluation {start} on: no trial stops early here")
+    if plan.overrides:
+        say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
+    if "OMP_NUM_THREADS" not in os.environ:
+        say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({config.cpu_count()} CPUs, {plan.parallel} trials at once)")
+    say(f"  study: {e.name} in {plan.storage}; trial outputs in {plan.output_dir / 'trials'}")
+    for note in plan.notes:
+        say(f"  note: {note}")
+
+
+def searched_flags(e: ex.Experiment) -> set[str]:
+    """Trainer flags whose argument carries a searched parameter."""
+    refs = {tp.name: tp.reference for tp in e.trial_template.trial_parameters or []}
+    params = {p.name for p in e.parameters}
+    return {flag for flag, value in parse_flags(ex.template_argv(e)[1:]).items()
+            if any(refs.get(n) in params for n in ex.PARAM_REF.findall(value))}
+
+
+def omp_threads(plan: Plan) -> int:
+    return max(1, config.cpu_count() // plan.parallel)
+
+
+def trial_dir(plan: Plan, name: str) -> Path:
+    return plan.output_dir / "trials" / name
+
+
+def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
+    """The pod's command with this machine's paths, the smoke settings and the user's --set."""
+    argv = ex.trial_args(plan.experiment, params, name)
+    flags = {"cache_dir": plan.cache_dir}
+    if plan.smoke:
+        flags.update(SMOKE_FLAGS)
+        try:
+            epochs = float(parse_flags(argv[1:]).get("num_train_epochs", SMOKE_EPOCHS))
+        except ValueError:
+            epochs = SMOKE_EPOCHS
+        flags["num_train_epochs"] = format_value(min(epochs, SMOKE_EPOCHS)).removesuffix(".0")
+    flags.update(plan.overrides)
+    flags["output_dir"] = str(trial_dir(plan, name))
+    return plan.entrypoint + with_flags(argv[1:], flags)
+

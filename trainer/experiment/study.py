@@ -1,0 +1,147 @@
+"""The local search's Optuna study: opened and checked against the run, Katib's trial states and
+counts read from it, each finished trial recorded, trials left by a dead search recovered.
+
+Katib's rules, checked against its sources, hold wherever they decide a result:
+- a trial's objective is its metricStrategy over its `name=value` reports; `latest` follows the
+  RFC3339 timestamps, and a report without one sorts first (Katib stores it at the zero time);
+- every finished trial (Succeeded, EarlyStopped, Failed, MetricsUnavailable) counts toward
+  maxTrialCount; Failed and MetricsUnavailable toward maxFailedTrialCount (failed >= max ends it);
+  the goal stops the search once the best objective reaches it (>= when maximizing).
+Interrupted trials (this tool's own state: Optuna FAIL) count toward neither; each gets one rerun.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from datetime import datetime, timezone
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from trainer.errors import UsageError, first_line
+from trainer.experiment import pruner as median
+from trainer.experiment.plan import Plan
+from trainer.experiment.vocabulary import (EARLY_STOPPED, FAILED_STATES, FINISHED, PENDING, RUNNING, SUCCEEDED,
+                                           WITH_OBJECTIVE)
+
+INTERRUPTED = "Interrupted"  # stopped by the search itself: rerun, counted nowhere
+NO_TIMESTAMP = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    direction = "maximize" if plan.maximize else "minimize"
+    try:
+        study = optuna.create_study(storage=plan.storage, study_name=plan.experiment.name, sampler=sampler,
+                                    pruner=pruner or optuna.pruners.NopPruner(), direction=direction,
+                                    load_if_exists=True)
+    except (ValueError, ImportError, optuna.exceptions.OptunaError) as error:
+        raise UsageError(f"--storage {plan.storage}: {first_line(error)}") from None
+    if study.direction.name.lower() != direction:
+        raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run to {study.direction.name.lower()}; "
+                         f"this Experiment wants to {direction} (use another --output_dir or --storage)")
+    ran_smoke = study.user_attrs.get("smoke")
+    if ran_smoke is None:
+        study.set_user_attr("smoke", plan.smoke)
+    elif ran_smoke != plan.smoke:
+        raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run {'with' if ran_smoke else 'without'} "
+                         "--smoke; its trials cannot mix with this run's (use another --output_dir or --storage)")
+    return study
+
+
+def katib_state(trial: FrozenTrial) -> str:
+    state = trial.user_attrs.get("katib_state")
+    if state:
+        return state
+    return {TrialState.RUNNING: RUNNING, TrialState.WAITING: PENDING, TrialState.COMPLETE: SUCCEEDED,
+            TrialState.PRUNED: EARLY_STOPPED}.get(trial.state, INTERRUPTED)
+
+
+def counted(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if katib_state(t) in FINISHED]
+
+
+def best_trial(plan: Plan, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """Katib's current optimal trial: the best objective among trials that have one; ties keep the first."""
+    best = None
+    for trial in trials:
+        value = trial.user_attrs.get("objective")
+        if katib_state(trial) not in WITH_OBJECTIVE or value is None:
+            continue
+        if best is None or (value > best.user_attrs["objective"] if plan.maximize
+                            else value < best.user_attrs["objective"]):
+            best = trial
+    return best
+
+
+def stop_reason(plan: Plan, study: optuna.Study) -> str:
+    """'goal', 'failed' or 'budget' once Katib would end the Experiment, else ''."""
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(plan, trials)
+    if plan.goal is not None and best is not None:
+        value = best.user_attrs["objective"]
+        if (value >= plan.goal) if plan.maximize else (value <= plan.goal):
+            return "goal"
+    done = [t for t in trials if katib_state(t) in FINISHED]
+    failed = sum(katib_state(t) in FAILED_STATES for t in done)
+    if plan.max_failed is not None and failed and failed >= plan.max_failed:
+        return "failed"
+    if len(done) >= plan.max_trials:
+        return "budget"
+    return ""
+
+
+def stop_message(plan: Plan, study: optuna.Study, reason: str) -> str:
+    trials = study.get_trials(deepcopy=False)
+    if reason == "goal":
+        best = best_trial(plan, trials)
+        return (f"goal reached: {best.user_attrs['trial_name']} has {plan.objective}="
+                f"{best.user_attrs['objective']:.4f} (goal {plan.goal:g}); Katib ends the Experiment here")
+    if reason == "failed":
+        failed = sum(katib_state(t) in FAILED_STATES for t in trials)
+        return (f"search failed: {failed} trials Failed or MetricsUnavailable, maxFailedTrialCount is "
+                f"{plan.max_failed}; Katib marks the Experiment Failed here")
+    return f"done: {len(counted(study))} of {plan.max_trials} trials finished"
+
+
+
+
+def to_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def katib_order(reports: list) -> list:
+    """Reports as Katib's database returns them: by timestamp, those without one first."""
+    return sorted(reports, key=lambda r: r[0] or NO_TIMESTAMP)
+
+
+def strategy_value(reports: list, strategy: str) -> str | None:
+    """Katib's trial controller: min/max over the numeric reports, else (or for latest) the latest."""
+    if not reports:
+        return None
+    ordered = katib_order(reports)
+    numbers = [(to_number(text), text) for _, text in ordered if to_number(text) is not None]
+    if strategy == "max" and numbers:
+        return max(numbers, key=lambda n: n[0])[1]
+    if strategy == "min" and numbers:
+        return min(numbers, key=lambda n: n[0])[1]
+    return ordered[-1][1]
+
+
+def record(study: optuna.Study, trial: optuna.Trial, state: str, message: str, objective: float | None,
+           metrics: dict, objective_reports: list) -> None:
+    for key, value in {"katib_state": state, "message": message, "objective": objective, "metrics": metrics,
+                       median.REPORTS_ATTR: objective_reports}.items():
+        trial.set_user_attr(key, value)
+    if state == SUCCEEDED:
+        study.tell(trial, objective)
+    else:
+        study.tell(trial, state=TrialState.PRUNED if state == EARLY_STOPPED else TrialState.FAIL)
+
