@@ -1,5 +1,8 @@
 # The trainer image: `docker run IMAGE --learning_rate 3e-5 ...` trains once; every Katib
-# trial runs it. torch comes from the base image (pyproject asks torch>=2.6; pip keeps 2.8.0).
+# trial runs it.
+# torch: the base image's 2.8.0 with the CUDA 12.9 and cuDNN 9 it was built against (pyproject
+# asks torch>=2.6, so pip keeps it). The tests run torch 2.13.0's CPU build (Makefile); the code
+# uses nothing newer than 2.6, and a base built for 2.13 would be the one change to make them equal.
 FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
 
 # HF_HOME and TRAINER_CACHE_DIR live under /cache: mount a volume there (a ReadWriteMany
@@ -8,15 +11,15 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/cache/huggingface \
-    TRAINER_CACHE_DIR=/cache/trainer \
-    MPLCONFIGDIR=/tmp/matplotlib
+    TRAINER_CACHE_DIR=/cache/trainer
 
 WORKDIR /app
 
 # Dependencies first, read from pyproject.toml alone: this layer is rebuilt only when the
-# dependency list changes, not on every source edit.
+# dependency list changes, not on every source edit. A trial needs the training run's own
+# dependencies and W&B; not the search, cluster or test extras.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['wandb']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

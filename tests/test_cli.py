@@ -2,11 +2,12 @@
 
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_trainer(*args, cwd=None, env=None, timeout=120):
@@ -30,6 +31,8 @@ def bad_cases(d):
     files = [f"--train_file={good}", f"--eval_file={good}"]
     return [
         (["--learnin_rate=3e-5"], "unknown flag --learnin_rate; did you mean --learning_rate?"),
+        (["--eval_max_samples=5", *files], "--eval_max_samples is now --epoch_eval_samples"),
+        (["-f", *files], "-f: flags are spelled out"),
         (["--optim=adamw_hf", *files], "--optim='adamw_hf' is not an optimizer in transformers"),
         (["--lr_scheduler_type=cosine_fast", *files], "is not a scheduler in transformers"),
         (["--learning_rate=0", *files], "--learning_rate=0.0 must be > 0"),
@@ -71,20 +74,51 @@ def test_unknown_command():
     assert "unknown command 'serach'" in result.stderr
 
 
-def test_help_lists_every_flag_with_default_quickly():
+def test_help_lists_every_flag_with_default_without_loading_torch():
     from trainer.run.config import FLAGS
 
-    started = time.perf_counter()
-    result = subprocess.run(["trainer", "--help"], capture_output=True, text=True, timeout=60,
-                            env={"PAGER": "cat", "PATH": str(__import__("pathlib").Path(sys.executable).parent)})
-    elapsed = time.perf_counter() - started
+    result = run_trainer("--help")
     assert result.returncode == 0
     for name, field in FLAGS.items():
         assert f"--{name}=" in result.stdout, name
         assert field.metadata["help"] in result.stdout, name
     assert "Default: 5e-05" in result.stdout
-    # Not a benchmark: a generous bound that fails only if torch/transformers get imported eagerly.
-    assert elapsed < 2.0, elapsed
+    # --help must stay instant: the heavy libraries are imported only when training starts.
+    probe = subprocess.run([sys.executable, "-c", "import sys, contextlib, io\n"
+                            "from trainer.cli import main\n"
+                            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['--help'])\n"
+                            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'optuna') if m in sys.modules))"],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+def test_help_lists_the_subcommands_without_fires_noise():
+    from trainer.cli import SUBCOMMANDS
+
+    result = run_trainer("--help")
+    assert result.returncode == 0 and result.stderr == ""
+    commands = result.stdout.split("COMMANDS\n", 1)[1].split("\nDESCRIPTION", 1)[0]
+    for name, (_, usage, summary) in SUBCOMMANDS.items():
+        assert f"trainer {usage}" in commands and summary in commands, name
+    for args in (["--help"], ["katib", "--help"], ["search", "--help"], ["check", "--help"]):
+        text = run_trainer(*args).stdout
+        assert "INFO: Showing help" not in text, args
+        assert "-f, --fp16" not in text and "-b, --bf16" not in text, args
+        assert not [line for line in text.splitlines() if line.rstrip().endswith(" -")], args
+
+
+def test_unknown_options_of_a_subcommand_get_a_did_you_mean(tmp_path):
+    cases = [(["search", "manifests/experiments/grid.yaml", "--max_trial", "3"],
+              "unknown option --max_trial of `trainer search`; did you mean --max_trials?"),
+             (["katib", "stats", "kobart-tpe"], "unknown command `trainer katib stats`; did you mean status?"),
+             (["katib", "status", "kobart-tpe", "--namspace=x"], "did you mean --namespace?"),
+             (["bench", "--repeat=2"], "did you mean --repeats?"),
+             (["check", "manifests/", "--stdn"], "did you mean --stdin?")]
+    for args, expected in cases:
+        result = run_trainer(*args, cwd=ROOT)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert expected in lines[0], (args, lines[0])
 
 
 def test_explicit_flags_override_preset(tmp_path):

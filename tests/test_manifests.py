@@ -4,6 +4,7 @@ Real tools, offline: kubectl's built-in kustomize, kubernetes-validate, hadolint
 own virtualenv), and the trainer's own flag parsing for every trial command.
 """
 
+import json
 import os
 import random
 import re
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from trainer import cli
+from trainer.flags import parse_flags
 from trainer.experiment import spec as ex
 from trainer.run.config import FLAGS
 
@@ -121,7 +123,7 @@ def test_experiments_follow_the_issue(experiments):
         assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
         assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
         # a subset each epoch for the objective; final_rouge_avg is the whole dev set, once
-        assert "--eval_max_samples=250" in pod_spec(e)["containers"][0]["args"]
+        assert "--epoch_eval_samples=250" in pod_spec(e)["containers"][0]["args"]
         assert e.metrics_collector.kind == "StdOut"
     grid, rand, tpe = named["kobart-grid"], named["kobart-random"], named["kobart-tpe"]
     assert grid.algorithm.name == "grid" and grid.max_trial_count == len(ex.grid_points(grid)) == 18
@@ -137,6 +139,37 @@ def test_experiments_follow_the_issue(experiments):
         lr = next(p for p in e.parameters if p.name == "learning_rate")
         assert (lr.distribution, lr.min, lr.max) == ("logUniform", "1e-5", "5e-4")
     assert grid.early_stopping is None
+
+
+TRAINING = ("kobart-grid", "kobart-random", "kobart-tpe")
+SEARCH_SPACE = ("parameters", "algorithm", "earlyStopping", "maxTrialCount", "parallelTrialCount",
+                "maxFailedTrialCount")
+
+
+def without_search(e: ex.Experiment) -> dict:
+    """The Experiment with its name, search space, trialParameters and trial args taken out."""
+    doc = json.loads(json.dumps(e.raw))
+    doc["metadata"].pop("name")
+    for key in SEARCH_SPACE:
+        doc["spec"].pop(key, None)
+    doc["spec"]["trialTemplate"].pop("trialParameters")
+    for container in doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"]:
+        container.pop("args")
+    return doc
+
+
+def test_training_experiments_differ_only_in_search_space_and_args(experiments):
+    """Each file keeps a whole trialSpec (it must run alone); everything but what a search varies is
+    the same in all three, so a fix to one trial template cannot miss the others."""
+    training = [e for e in experiments if e.name in TRAINING]
+    assert sorted(e.name for e in training) == sorted(TRAINING)
+    first, *others = [without_search(e) for e in training]
+    for other in others:
+        assert other == first
+    # The args differ, but where they read and write does not.
+    places = [{k: v for k, v in parse_flags(ex.primary_container(e)["args"]).items()
+               if k in ("train_file", "eval_file", "output_dir", "cache_dir")} for e in training]
+    assert places[0] and all(p == places[0] for p in places)
 
 
 def test_trial_job_is_hardened_and_gets_one_gpu(experiments):

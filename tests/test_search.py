@@ -458,7 +458,7 @@ def test_distributions_follow_katibs_optuna_service():
     assert space["learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 5e-4, log=True)
     assert space["num_train_epochs"] == optuna.distributions.IntDistribution(10, 30, step=5)
     assert space["gradient_accumulation_steps"] == optuna.distributions.IntDistribution(1, 4)
-    assert space["warmup_ratio"] == optuna.distributions.FloatDistribution(0.0, 0.2, step=0.05)
+    assert space["warmup_ratio"].choices == ("0.0", "0.05", "0.1", "0.15", "0.2")
     assert space["per_device_train_batch_size"].choices == ("8", "16", "32")
     assert space["optim"].choices == ("adamw_torch", "adamw_torch_fused", "adafactor")
 

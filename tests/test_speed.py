@@ -85,7 +85,7 @@ def test_without_a_subset_the_final_line_repeats_the_best_epoch(sorted_and_unsor
 
 
 def test_subset_each_epoch_and_the_whole_set_at_the_end(tmp_path, cache_dir):
-    run = train(tmp_path / "subset", cache_dir, "--eval_max_samples=8")
+    run = train(tmp_path / "subset", cache_dir, "--epoch_eval_samples=8")
     lines = run.stdout.rstrip().split("\n")
     epochs = metric_lines(run.stdout, METRIC_NAMES)
     finals = metric_lines(run.stdout, FINAL_METRIC_NAMES)

@@ -70,7 +70,7 @@ def test_artifacts_read_back(trained):
     summary = json.loads((output_dir / "metrics.json").read_text())
     assert summary["status"] == "completed"
     assert summary["best"]["rouge_avg"] == max(r["rouge_avg"] for r in records)
-    assert summary["final"] == records[-1]
+    assert summary["last_epoch"] == records[-1]
     assert summary["hyperparameters"]["learning_rate"] == 3e-3
     assert (output_dir / "best_model" / "model.safetensors").is_file()
     assert not list(output_dir.glob("checkpoint-*")), "checkpoints are only kept while a run is unfinished"
@@ -128,7 +128,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache
     assert steps and min(steps) == saved_step + 1, "training continues after the saved step"
     assert max(steps) == 60  # 160 examples / 16 per batch * 6 epochs
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert summary["final"]["epoch"] == 6 and summary["evaluations"] == 6
+    assert summary["last_epoch"]["epoch"] == 6 and summary["evaluations"] == 6
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6], "each epoch's evaluation recorded once across the interruption"
     assert time.time() - started < 300

@@ -33,6 +33,8 @@ SUBCOMMANDS = {
               "drive Katib Experiments on a cluster"),
     "bench": ("trainer.bench.command:bench", "bench", "where a trial's time goes, ours against the baseline"),
 }
+# The pyproject extra that brings each subcommand's own packages (the image carries only a trial's).
+EXTRAS = {"search": "search"}  # katib: cluster/kube.py says it where it connects
 HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
 
 
@@ -51,9 +53,15 @@ train_command.__signature__ = inspect.Signature(
 train_command.__doc__ = help_text()
 
 
-def load(target: str):
+def load(target: str, command: str = ""):
     module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as error:
+        if command not in EXTRAS or (error.name or "").startswith("trainer"):
+            raise
+        raise UsageError(f"`trainer {command}` needs the {error.name} package: "
+                         f"pip install 'trainer[{EXTRAS[command]}]'") from None
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -136,7 +144,7 @@ def fire_call(component, argv: list[str]) -> None:
 
 def show_help(argv: list[str]) -> None:
     """fire's help text, captured (fire writes it to stderr and may page it) and tidied, on stdout."""
-    component = {argv[0]: load(SUBCOMMANDS[argv[0]][0])} if argv and argv[0] in SUBCOMMANDS else train_command
+    component = {argv[0]: load(SUBCOMMANDS[argv[0]][0], argv[0])} if argv and argv[0] in SUBCOMMANDS else train_command
     if component is not train_command:
         argv = argv if {"-h", "--help"} & set(argv) else [*argv, "--help"]
         refuse_unknown_options(component[argv[0]], argv)
@@ -150,7 +158,7 @@ def show_help(argv: list[str]) -> None:
 def dispatch(argv: list[str]) -> None:
     if argv and argv[0] in SUBCOMMANDS:
         # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
-        component = load(SUBCOMMANDS[argv[0]][0])
+        component = load(SUBCOMMANDS[argv[0]][0], argv[0])
         refuse_unknown_options(component, argv)
         fire_call({argv[0]: component}, argv)
         return

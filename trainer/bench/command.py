@@ -68,8 +68,8 @@ BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false", "--grou
                   "--optim=adamw_torch", "--tf32=false", "--dataloader_num_workers=0"]
 
 # One trial as the plot shows it: the competition's data, a few epochs, and for ours the
-# --eval_max_samples subset of the Experiments in manifests/ each epoch plus the full evaluation at the end.
-TRIAL = {"epochs": 5, "eval_max_samples": 250}
+# --epoch_eval_samples subset of the Experiments in manifests/ each epoch plus the full evaluation at the end.
+TRIAL = {"epochs": 5, "epoch_eval_samples": 250}
 
 RATE_KEYS = ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s")
 
@@ -342,7 +342,7 @@ def draw_plot(result: dict, path: str) -> None:
     ax.set_xlim(right=ax.get_xlim()[1] * 8)
     ax.set_xlabel("seconds (log scale), projected from the measured rates")
     ax.set_title(f"One trial: {TRIAL['epochs']} epochs on {COMPETITION['train']} dialogues, {COMPETITION['dev']} "
-                 f"evaluated (ours: {TRIAL['eval_max_samples']} each epoch + all at the end)\n"
+                 f"evaluated (ours: {TRIAL['epoch_eval_samples']} each epoch + all at the end)\n"
                  f"{result['setup']['device']}, {result['setup']['model'].split(' {')[0]}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -437,7 +437,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     result = {name: median_figures(records[name], train_examples, n_eval, tokens_per_example)
               for name in ("ours", "baseline")}
     result["ratios"] = ratios(result["ours"], result["baseline"])
-    result["trial"] = {"ours": trial_phases(result["ours"], TRIAL["eval_max_samples"]),
+    result["trial"] = {"ours": trial_phases(result["ours"], TRIAL["epoch_eval_samples"]),
                        "baseline": trial_phases(result["baseline"], 0)}
     result["setup"] = {"device": device, "threads": threads or "torch default", "repeats": repeats,
                        "model": model or f"small random BART {SMALL_BART}", "train_examples": train_examples,

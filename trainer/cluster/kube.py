@@ -51,6 +51,19 @@ class Cluster:
         return KatibClient(client_configuration=self.configuration, namespace=self.namespace)
 
 
+def require_cluster_packages() -> None:
+    """The Kubernetes client and the Katib SDK are the `cluster` extra: one line where they are missing."""
+    import importlib.util
+
+    for module, package in (("kubernetes", "kubernetes"), ("kubeflow.katib", "kubeflow-katib")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package (kubeflow) is missing
+            found = False
+        if not found:
+            raise UsageError(f"`trainer katib` needs the {package} package: pip install 'trainer[cluster]'")
+
+
 def kubeconfig_paths() -> list[Path]:
     value = os.environ.get("KUBECONFIG", "")
     paths = [Path(p).expanduser() for p in value.split(os.pathsep) if p]
@@ -59,6 +72,7 @@ def kubeconfig_paths() -> list[Path]:
 
 def connect(context: str | None = None) -> Cluster:
     """The kubeconfig's context (or --context), else the pod's service account."""
+    require_cluster_packages()
     from kubernetes import client, config
 
     configuration = client.Configuration()

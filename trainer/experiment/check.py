@@ -29,7 +29,7 @@ from trainer.flags import parse_flags
 from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES
 
 LOWER_IS_BETTER = {"eval_loss", "final_eval_loss"}
-# Every epoch's names, then the end-of-run line's (whole-set figures under --eval_max_samples).
+# Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
 PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 
 

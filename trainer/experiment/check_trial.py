@@ -15,7 +15,7 @@ from trainer.flags import flag_name, format_value, parse_flags
 from trainer.run.config import FLAGS, build_config, unknown_flag_message
 from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
 
-# Every epoch's names, then the end-of-run line's (whole-set figures under --eval_max_samples).
+# Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
 PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 # Larger grids get their values checked one axis at a time, not every combination.
 FULL_GRID_CHECK_LIMIT = 512

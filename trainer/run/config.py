@@ -65,7 +65,7 @@ class TrainConfig:
     max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
     max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
     # speed (docs/performance.md: each one's measured effect)
-    eval_max_samples: int = _flag(0, "evaluate each epoch on N evenly spaced evaluation examples and the whole "
+    epoch_eval_samples: int = _flag(0, "evaluate each epoch on N evenly spaced evaluation examples and the whole "
                                      "set once at the end, printed as final_* metrics (0 = the whole set every epoch)")
     group_by_length: bool = _flag(True, "batch training examples of similar length together (less padding)")
     sort_eval_by_length: bool = _flag(True, "evaluate in order of length (less padding); results keep the data's order")
@@ -113,7 +113,13 @@ def closest_flag(name: str) -> str | None:
     return match[0] if match else None
 
 
+# Old spellings: each answers with one line naming its new name.
+RENAMED = {"eval_max_samples": "epoch_eval_samples"}
+
+
 def unknown_flag_message(name: str) -> str:
+    if name in RENAMED:
+        return f"--{name} is now --{RENAMED[name]} ({FLAGS[RENAMED[name]].metadata['help'].split(' and ')[0]})"
     suggestion = closest_flag(name)
     hint = f"; did you mean --{suggestion}?" if suggestion else "; run `trainer --help` for the list"
     return f"unknown flag --{name}{hint}"
@@ -224,7 +230,7 @@ def validate(config: TrainConfig, check_names: bool = True) -> None:
     require(0 <= c.label_smoothing_factor < 1,
             f"--label_smoothing_factor={c.label_smoothing_factor} must be in [0, 1)")
     for name in ("weight_decay", "max_grad_norm", "early_stopping_patience",
-                 "max_train_samples", "max_eval_samples", "eval_max_samples", "no_repeat_ngram_size"):
+                 "max_train_samples", "max_eval_samples", "epoch_eval_samples", "no_repeat_ngram_size"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)} must be >= 0")
     require(not (c.fp16 and c.bf16), "--fp16 and --bf16 cannot both be true; pick one")
     require(c.dataloader_num_workers >= -1,

@@ -6,7 +6,7 @@ and once at the end, the kept (best) model on every evaluation example, under FI
 
     2026-11-28T04:10:00Z epoch=2 final_rouge1=0.5093 final_rouge2=0.2987 ... final_eval_loss=1.9412
 
-With --eval_max_samples the per-epoch line scores a fixed subset (cheaper; comparable across
+With --epoch_eval_samples the per-epoch line scores a fixed subset (cheaper; comparable across
 trials and epochs, which is what the objective and medianstop need) and the final line the
 whole set. Katib's filter reads final_rouge_avg as its own name, never as rouge_avg.
 

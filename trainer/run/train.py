@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -322,7 +323,7 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
         "status": "completed",
         "objective": report.OBJECTIVE,
         "best": max(records, key=lambda r: r[report.OBJECTIVE]) if records else None,
-        "final": records[-1] if records else None,
+        "last_epoch": records[-1] if records else None,  # the kept model is final_evaluation
         "evaluations": len(records),
         "runtime_s": round(runtime, 1),
         "hyperparameters": dataclasses.asdict(config),
@@ -354,6 +355,8 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
 
 def prepare(config: TrainConfig):
     """Everything that can fail on user input, before any model weights are loaded."""
+    if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--report_to=wandb needs the wandb package: pip install 'trainer[wandb]'")
     train_split, eval_split = load_splits(config)
     passed = references_passed(eval_split, config)  # a marker in the shared cache, or None
     if not (passed and passed.exists()):
@@ -408,7 +411,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
 
     lengths = stored_lengths(eval_dataset)
     everything = eval_order(lengths, range(len(lengths)), config.sort_eval_by_length)
-    per_epoch = eval_order(lengths, spread(len(lengths), config.eval_max_samples), config.sort_eval_by_length)
+    per_epoch = eval_order(lengths, spread(len(lengths), config.epoch_eval_samples), config.sort_eval_by_length)
     evaluation = Evaluation(tokenizer, eval_split, per_epoch)
     sigterm = {"seen": False}
     trainer = trainer_class()(
