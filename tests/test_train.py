@@ -95,12 +95,46 @@ def test_tags_in_data_come_back_in_predictions(trained):
     output_dir, _ = trained
     with (output_dir / "predictions.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 40 and set(rows[0]) == {"id", "prediction", "reference"}
+    assert len(rows) == 40
+    assert set(rows[0]) == {"id", "prediction", "reference", "rouge1", "rouge2", "rougeL", "rouge_avg"}
     predicted = " ".join(r["prediction"] for r in rows)
     for tag in ("#Person1#", "#Person2#"):
         assert tag in predicted
     assert re.search(r"#(PhoneNumber|Address|Email|DateOfBirth)#", predicted)
     assert "<s>" not in predicted and "</s>" not in predicted and "<pad>" not in predicted
+
+
+def test_predictions_carry_each_examples_rouge_and_their_mean_is_the_reported_figure(trained):
+    from trainer.run.rouge import korean_rouge
+
+    output_dir, _ = trained
+    with (output_dir / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    final = json.loads((output_dir / "metrics.json").read_text())["final_evaluation"]
+    for metric in ("rouge1", "rouge2", "rougeL", "rouge_avg"):
+        mean = sum(float(r[metric]) for r in rows) / len(rows)
+        assert abs(mean - final[f"final_{metric}"]) < 1e-5, metric
+    for row in rows[:5]:  # each row scored on its own, independently of the file
+        alone = korean_rouge([row["prediction"]], [[row["reference"]]])
+        assert all(abs(alone[m] - float(row[m])) < 1e-5 for m in ("rouge1", "rouge2", "rougeL", "rouge_avg"))
+    assert len({r["rouge_avg"] for r in rows}) > 1, "scores vary from example to example"
+
+
+def test_early_stopping_says_when_and_why_and_metrics_json_records_it(tmp_path, cache_dir):
+    # A learning rate too small to change anything: rouge_avg is flat, so patience 1 stops after epoch 2.
+    command = [*TRAINER, "--model_name_or_path=builtin:tiny", "--train_file=builtin:sample",
+               "--eval_file=builtin:sample", "--learning_rate=1e-12", "--early_stopping_patience=1",
+               "--num_train_epochs=6", "--max_train_samples=16", "--max_eval_samples=8", "--num_beams=1",
+               f"--output_dir={tmp_path / 'run'}", f"--cache_dir={cache_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if "early stopping" in x)
+    assert line.startswith("trainer: early stopping after epoch 2 of 6: rouge_avg has not improved on ")
+    assert "=" not in line, "Katib's collector would read a name=value as a metric"
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["epochs_requested"] == 6
+    assert summary["stopped_early"]["epoch"] == 2 and "not improved" in summary["stopped_early"]["reason"]
+    assert len(katib_records(result.stdout)) == 2  # one metric line per epoch that ran
 
 
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache_dir):

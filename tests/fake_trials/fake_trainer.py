@@ -6,11 +6,17 @@ Behaviour, from its flags:
   --num_train_epochs=N   N evaluations, FAKE_EPOCH_SECONDS (env, default 0.05) apart
   --seed=13              one evaluation, then exit 3: a Failed trial
   --seed=14              no metric line at all, exit 0: a MetricsUnavailable trial
-It writes run.json into --output_dir: its pid, argv, start time, and end time (absent when killed).
+  FAKE_STOP_AT=K (env)   its own early stopping ends it after epoch K (said in metrics.json)
+  FAKE_SPREAD=S (env)    predictions.csv's per-example rouge_avg spread by S around the trial's value,
+                         independently per learning rate (0: every example scores the trial's value)
+It writes run.json into --output_dir: its pid, argv, start time, and end time (absent when killed);
+a finished run also writes metrics.json (epochs run) and predictions.csv (FAKE_EXAMPLES rows, 40).
 """
 
+import csv
 import json
 import os
+import random
 import sys
 import time
 from datetime import datetime, timezone
@@ -32,7 +38,8 @@ def main() -> int:
     seed = flags.get("seed", "42")
     pause = float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05"))
     print("fake trainer: training", flush=True)
-    for epoch in range(1, epochs + 1 if seed != "14" else 1):
+    last = min(epochs, int(os.environ.get("FAKE_STOP_AT", epochs)))
+    for epoch in range(1, last + 1 if seed != "14" else 1):
         time.sleep(pause)
         print(f"step {epoch * 10} epoch {epoch} loss 1.0", flush=True)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -44,7 +51,25 @@ def main() -> int:
             return 3
     record["end"] = time.time()
     save(folder, record)
+    finish(folder, flags, learning_rate + 0.01 * last, last, epochs)
     return 0
+
+
+def finish(folder: str, flags: dict, value: float, run: int, asked: int) -> None:
+    """metrics.json and predictions.csv as the trainer writes them (the fields the search reads)."""
+    stopped = {"epoch": run, "of": asked, "reason": "rouge_avg has not improved"} if run < asked else None
+    with open(os.path.join(folder, "metrics.json"), "w") as out:
+        json.dump({"epochs_run": run, "epochs_requested": asked, "stopped_early": stopped}, out)
+    examples = int(os.environ.get("FAKE_EXAMPLES", "40"))
+    spread = float(os.environ.get("FAKE_SPREAD", "0"))
+    rng = random.Random(flags.get("learning_rate", ""))
+    noise = [rng.uniform(-spread, spread) for _ in range(examples)]
+    shift = sum(noise) / examples  # the rows' mean is exactly the printed value
+    with open(os.path.join(folder, "predictions.csv"), "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "prediction", "reference", "rouge_avg"])
+        for i, n in enumerate(noise):
+            writer.writerow([f"d{i}", "p", "r", f"{value + n - shift:.6f}"])
 
 
 if __name__ == "__main__":

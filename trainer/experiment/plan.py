@@ -6,6 +6,8 @@ starts, refusing what `trainer check` rejects and what could not run on this mac
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -55,6 +57,7 @@ class Plan:
     cache_dir: str
     entrypoint: list[str]
     notes: list[str] = field(default_factory=list)
+    definition: dict = field(default_factory=dict)  # what the study's trials depend on (study.py checks it)
 
 
 def select_experiment(path, name: str) -> ex.Experiment:
@@ -105,6 +108,7 @@ def entrypoint(command: str) -> list[str]:
 def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir) -> Plan:
     e = select_experiment(path, name)
     refuse_rejected(e)
+    refuse_searched_overrides(e, overrides)
     algorithm = e.algorithm.name
     if algorithm not in space.LOCAL_ALGORITHMS:
         raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
@@ -150,6 +154,35 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
     return plan
 
 
+def refuse_searched_overrides(e: ex.Experiment, overrides: dict[str, str]) -> None:
+    """A --set of a searched flag would replace every trial's value while the table, preset and
+    docker line still showed the sampled one: refused."""
+    for flag in sorted(set(overrides) & searched_flags(e)):
+        raise UsageError(f"--set {flag}: the Experiment searches {flag}, so every trial gets its own value; "
+                         f"change its feasibleSpace in {e.source} (or fix it there) instead")
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a data file's content: a rerun on other data is another study."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
+    """What defines the study: the Experiment's spec, the --set overrides, --smoke, the data's content."""
+    spec = json.dumps(plan.experiment.raw.get("spec"), sort_keys=True, default=str)
+    if settings.dataset:
+        data = {"dataset": settings.dataset}
+    else:
+        data = {flag: value if value == builtin.SAMPLE else fingerprint(Path(value))
+                for flag in ("train_file", "eval_file") for value in [getattr(settings, flag)]}
+    return {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
+            "smoke": plan.smoke, "data": data}
+
+
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
     return {p.name: (check_trial.sample_values(e, p) or ["0"])[0] for p in e.parameters}
 
@@ -159,13 +192,12 @@ def validate_locally(plan: Plan) -> None:
     before any trial starts: the Experiment's pod paths (/data/...) do not exist here."""
     argv = local_argv(plan, sample_assignment(plan.experiment), f"{plan.experiment.name}-check")
     settings = config.build_config(parse_flags(argv))
-    if settings.dataset:
-        return
-    for flag in ("train_file", "eval_file"):
+    for flag in () if settings.dataset else ("train_file", "eval_file"):
         value = getattr(settings, flag)
         if value != builtin.SAMPLE and not Path(value).is_file():
             raise UsageError(f"--{flag}={value}: no such file here (a path inside the trial pod?); pass "
                              f"--set=train_file=PATH,eval_file=PATH, or --smoke for the built-in sample")
+    plan.definition = study_definition(plan, settings)
 
 
 def show_plan(plan: Plan) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from trainer.console import say
 from trainer.experiment import spec as ex
 from trainer.flags import format_value, parse_flags
+from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
 from trainer.run import config
 
 # Where a run reads and writes, not how it trains: left out of a preset.
@@ -34,6 +35,9 @@ class TrialRow:
     objective: float | None = None
     duration_s: float | None = None
     number: int | None = None
+    epochs: str | None = None  # "4/10 stopped early": epochs run of those asked for (local trials)
+    interval: tuple[float, float] | None = None  # 95% interval over the evaluation examples
+    vs_best: str | None = None  # "best", "tie" or "worse" (paired against the best trial)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -64,17 +68,25 @@ def describe(params: dict) -> str:
     return " ".join(f"{k}={format_param(v)}" for k, v in params.items())
 
 
+def format_interval(interval: tuple[float, float] | None) -> str:
+    return "-" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
 def format_table(rows: list[TrialRow], objective_name: str, param_names: list[str] | None = None) -> str:
-    """One line per trial: number, trial, state, each parameter, the objective, duration."""
+    """One line per trial: number, trial, state, each parameter, the objective, duration; the 95%
+    interval, the paired comparison with the best and the epochs run where any trial has them."""
     names = param_names if param_names is not None else list(dict.fromkeys(k for r in rows for k in r.params))
-    header = ["#", "trial", "state", *names, objective_name, "duration"]
+    extra = [(title, key) for title, key in (("95% interval", "interval"), ("vs best", "vs_best"), ("epochs", "epochs"))
+             if any(getattr(r, key) is not None for r in rows)]
+    header = ["#", "trial", "state", *names, objective_name, *(title for title, _ in extra), "duration"]
     lines = [header]
     for row in rows:
         objective = "-" if row.objective is None else f"{row.objective:.4f}"
+        shown = {"interval": format_interval(row.interval), "vs_best": row.vs_best or "-", "epochs": row.epochs or "-"}
         lines.append([
             "-" if row.number is None else str(row.number), row.name, row.state,
             *[format_param(row.params[n]) if n in row.params else "-" for n in names],
-            objective, format_duration(row.duration_s),
+            objective, *(shown[key] for _, key in extra), format_duration(row.duration_s),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
@@ -120,16 +132,25 @@ def trial_rows(plan, trials) -> list[TrialRow]:
         rows.append(TrialRow(
             name=t.user_attrs.get("trial_name", f"{plan.experiment.name}-{t.number:03d}"), state=katib_state(t),
             params={k: format_value(v) for k, v in t.params.items()}, objective=t.user_attrs.get("objective"),
-            duration_s=duration, number=t.number))
+            duration_s=duration, number=t.number, epochs=epochs_text(t.user_attrs)))
     return rows
 
 
-def remove_models(plan, keep: str) -> int:
-    """Delete best_model/ and checkpoint-*/ of every trial but `keep`: they fill a disk fast."""
+def epochs_text(attrs: dict) -> str | None:
+    """`6/6`, `4/10 stopped early` (the trainer's own early stopping): what the trial really ran."""
+    run, asked = attrs.get("epochs_run"), attrs.get("epochs_requested")
+    if run is None:
+        return None
+    text = f"{float(run):g}/{float(asked):g}" if asked not in (None, "") else f"{float(run):g}"
+    return text + (" stopped early" if attrs.get("stopped_early") else "")
+
+
+def remove_models(plan, keep: list[str]) -> int:
+    """Delete best_model/ and checkpoint-*/ of every trial but those in `keep`: they fill a disk fast."""
     removed = 0
     root = plan.output_dir / "trials"
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if folder.name == keep:
+        if folder.name in keep:
             continue
         for model in [folder / "best_model", *folder.glob("checkpoint-*")]:
             if model.is_dir():
@@ -138,7 +159,9 @@ def remove_models(plan, keep: str) -> int:
     return removed
 
 
-def save_plots(study, directory: Path) -> list[Path]:
+def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
+    """Optimization history, parameter importances and parallel coordinates as PNGs. No importance
+    plot on a constant objective: every parameter would get the same share, which reads as a result."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +170,7 @@ def save_plots(study, directory: Path) -> list[Path]:
     from optuna.visualization import matplotlib as plots
 
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    params = {name for t in study.get_trials(deepcopy=False) for name in t.params}
     saved = []
     for name, draw, needed in (("optimization_history", plots.plot_optimization_history, 1),
                                ("param_importances", plots.plot_param_importances, 2),
@@ -154,11 +178,15 @@ def save_plots(study, directory: Path) -> list[Path]:
         if complete < needed:
             say(f"plot {name}: skipped (needs {needed} succeeded trials, the study has {complete})")
             continue
+        if name == "param_importances" and constant:
+            say(f"plot {name}: skipped (every trial has the same objective: no parameter explains anything)")
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 axes = draw(study)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            readable(figure, name, len(params))
             figure.savefig(directory / f"{name}.png", bbox_inches="tight", dpi=100)
             plt.close(figure)
             saved.append(directory / f"{name}.png")
@@ -167,45 +195,132 @@ def save_plots(study, directory: Path) -> list[Path]:
     return saved
 
 
-def show_results(plan, study, keep_models: bool) -> None:
-    """The end of a local search: the table, the best trial's docker line and preset, plots."""
+def readable(figure, name: str, params: int) -> None:
+    """Room for the parameter names: one column of the parallel-coordinate plot per parameter, its
+    names slanted; importance bars tall enough for one label each."""
+    if name == "parallel_coordinate":
+        figure.set_size_inches(max(8.0, 1.6 * (params + 1)), 5.5)
+        for axis in figure.axes:
+            for label in axis.get_xticklabels():
+                label.set_rotation(30)
+                label.set_horizontalalignment("right")
+    elif name == "param_importances":
+        figure.set_size_inches(8.0, max(3.0, 0.5 * params + 1.5))
+    figure.tight_layout()
+
+
+def add_noise(plan, rows: list[TrialRow]) -> dict:
+    """Each trial's 95% interval from its predictions.csv, and the paired comparison with the best
+    (the row with the best objective). Returns {trial name: Scores} of the trials that have them."""
+    from trainer.experiment import noise
     from trainer.experiment.plan import trial_dir
-    from trainer.experiment.study import INTERRUPTED, best_trial, katib_state
-    from trainer.experiment.vocabulary import FINISHED
+
+    metric = plan.objective.removeprefix("final_")
+    scores = {r.name: noise.read_scores(trial_dir(plan, r.name) / "predictions.csv", metric)
+              for r in rows if r.objective is not None}
+    scores = {name: s for name, s in scores.items() if s is not None and s.values}
+    for row in rows:
+        if row.name in scores:
+            row.interval = noise.interval(scores[row.name].values)
+    return scores
+
+
+def rank(plan, rows: list[TrialRow], scores: dict) -> tuple[TrialRow | None, list[TrialRow]]:
+    """The best row (Katib's optimal trial: the first with the best objective) and the others the data
+    cannot tell apart from it; marks vs_best on every row with an objective."""
+    from trainer.experiment import noise
+
+    scored = [r for r in rows if r.objective is not None and r.state in WITH_OBJECTIVE]
+    if not scored:
+        return None, []
+    pick = max if plan.maximize else min
+    best = pick(scored, key=lambda r: r.objective)
+    best = next(r for r in scored if r.objective == best.objective)
+    others = {r.name: scores.get(r.name) for r in scored if r is not best}
+    tied_names = set(noise.tied_with_best(scores.get(best.name), others, best.objective,
+                                          {r.name: r.objective for r in scored}, plan.maximize))
+    for row in scored:
+        row.vs_best = "best" if row is best else "tie" if row.name in tied_names else "worse"
+    return best, [r for r in scored if r.name in tied_names]
+
+
+def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_names: list[str]) -> Path:
+    """One row per trial, as Optuna users get from trials_dataframe(), with the interval and epochs."""
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["number", "trial", "state", *param_names, objective, "interval_low", "interval_high",
+                         "vs_best", "epochs_run", "duration_s"])
+        for r in rows:
+            low, high = r.interval or ("", "")
+            writer.writerow([r.number, r.name, r.state, *(r.params.get(n, "") for n in param_names),
+                             "" if r.objective is None else r.objective, low, high, r.vs_best or "",
+                             (r.epochs or "").split("/")[0].split()[0] if r.epochs else "",
+                             "" if r.duration_s is None else round(r.duration_s, 1)])
+    return path
+
+
+def show_results(plan, study, keep_models: bool) -> None:
+    """The end of a local search: the table with each trial's interval, the best trial (or the tie)
+    with its docker line and preset, trials.csv, plots."""
+    from trainer.experiment.plan import trial_dir
+    from trainer.experiment.study import INTERRUPTED
 
     e = plan.experiment
     trials = study.get_trials(deepcopy=False)
     rows = trial_rows(plan, trials)
+    scores = add_noise(plan, rows)
+    best, tied = rank(plan, rows, scores)
+    names = [p.name for p in e.parameters]
     say()
-    say(format_table(rows, plan.objective, [p.name for p in e.parameters]))
+    say(format_table(rows, plan.objective, names))
     tally = {s: sum(r.state == s for r in rows) for s in (*FINISHED, INTERRUPTED)}
     say(", ".join(f"{n} {s}" for s, n in tally.items() if n) or "no trials")
-    best = best_trial(plan, trials)
+    if scores:
+        size = len(next(iter(scores.values())).values)
+        say(f"95% interval: bootstrap over the {size} evaluation examples of each trial's kept model; "
+            "vs best: paired on the same examples")
+    say(f"trials: {write_trials_csv(plan.output_dir / 'trials.csv', rows, plan.objective, names)}")
+    if plan.smoke:
+        say("(smoke run: the trials used the built-in tiny model and sample, their epochs as the epochs column "
+            "shows; the parameter columns, docker lines and preset carry the Experiment's own values)")
+    for path in save_plots(study, plan.output_dir, constant=len({r.objective for r in rows if r.objective is not None}) == 1):
+        say(f"plot: {path}")
     if best is None:
         say(f"no trial reported {plan.objective}: no best trial")
         return
-    name = best.user_attrs["trial_name"]
-    argv = ex.trial_args(e, best.params, name)
-    say(f"\nbest: {name} ({katib_state(best)}) {plan.objective}={best.user_attrs['objective']:.4f}: "
-        f"{describe(best.params)}")
-    if plan.smoke:
-        say("(smoke run: the trials used the built-in tiny model and sample; the line and preset below carry "
-            "the Experiment's own settings)")
-    say(f"run it on a GPU:\n  {docker_line(argv)}")
-    preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv), [
-        f"best trial {name} of Experiment {e.name}: {plan.objective}={best.user_attrs['objective']:.4f}",
-        "written by trainer search; use: trainer --preset THIS_FILE --train_file=... --eval_file=...",
-    ])
-    say(f"preset: {preset}  (trainer --preset {preset} ...)")
-    for path in save_plots(study, plan.output_dir):
-        say(f"plot: {path}")
+    by_name = {t.user_attrs.get("trial_name"): t for t in trials}
+    if tied:
+        group = [best, *tied]
+        say(f"\ntie: {', '.join(r.name for r in group)} cannot be told apart ({plan.objective} "
+            f"{', '.join(f'{r.objective:.4f}' for r in group)}; paired 95% intervals of the difference hold 0): "
+            "no best trial. Evaluate on more examples, or train longer, to separate them:")
+        for row in group:
+            say(f"  {docker_line(ex.trial_args(e, by_name[row.name].params, row.name))}")
+        if (plan.output_dir / "best.yaml").exists():
+            (plan.output_dir / "best.yaml").unlink()  # an earlier run's winner is not this one's
+        keep = [r.name for r in group]
+    else:
+        trial = by_name[best.name]
+        argv = ex.trial_args(e, trial.params, best.name)
+        interval = f", 95% interval {format_interval(best.interval)}" if best.interval else ""
+        say(f"\nbest: {best.name} ({best.state}) {plan.objective}={best.objective:.4f}{interval}: "
+            f"{describe(trial.params)}")
+        say(f"run it on a GPU:\n  {docker_line(argv)}")
+        preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv), [
+            f"best trial {best.name} of Experiment {e.name}: {plan.objective}={best.objective:.4f}",
+            "written by trainer search; use: trainer --preset THIS_FILE --train_file=... --eval_file=...",
+        ])
+        say(f"preset: {preset}  (trainer --preset {preset} ...)")
+        keep = [best.name]
     if not keep_models:
-        removed = remove_models(plan, keep=name)
+        removed = remove_models(plan, keep=keep)
         if removed:
             say(f"removed {removed} model/checkpoint folders of the other trials (--keep_models keeps them)")
-    model = trial_dir(plan, name) / "best_model"
-    if model.is_dir():
-        say(f"model: {model}")
+    for name in keep:
+        model = trial_dir(plan, name) / "best_model"
+        if model.is_dir():
+            say(f"model: {model}")
     if plan.storage.startswith("sqlite:///"):
         say(f"browse: optuna-dashboard {plan.storage}")
-

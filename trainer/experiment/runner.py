@@ -10,6 +10,7 @@ once it has exited.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -140,7 +141,8 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
     folder.mkdir(parents=True, exist_ok=True)
-    attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid()}
+    attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid(),
+             "epochs_requested": parse_flags(argv).get("num_train_epochs")}  # what this trial runs, smoke or not
     if rule is not None:
         attrs[median.RULE_ATTR] = rule
     for key, value in attrs.items():
@@ -213,10 +215,24 @@ def finish(plan: Plan, study: optuna.Study, run: Running, code: int) -> None:
     else:
         state, message = SUCCEEDED, ""
     ordered = [[ts.isoformat() if ts else "", value] for ts, value in katib_order(reports)]
+    note_epochs(plan, run)  # before record(): a told trial takes no more attributes
     record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
     took = results.format_duration(time.time() - run.started)
     value = f"{plan.objective}={text} ({strategy} of {len(reports)} evaluations)" if objective is not None else ""
     say(f"[{run.name}] {state}" + "".join(f": {part}" for part in (value, message) if part) + f" in {took}")
+
+
+def note_epochs(plan: Plan, run: Running) -> None:
+    """Epochs the trial ran and whether the trainer's own early stopping ended it (its metrics.json),
+    else the evaluations its output showed (a trial stopped from outside writes no metrics.json)."""
+    try:
+        summary = json.loads((trial_dir(plan, run.name) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
+    run.trial.set_user_attr("epochs_run", summary.get("epochs_run", run.steps))
+    stopped = summary.get("stopped_early")
+    if stopped:
+        run.trial.set_user_attr("stopped_early", stopped.get("reason", ""))
 
 
 def pump(plan: Plan, running: dict[int, Running], events: queue.Queue) -> list[tuple[int, int]]:

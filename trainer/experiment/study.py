@@ -25,6 +25,7 @@ from trainer.experiment.plan import Plan
 from trainer.experiment.vocabulary import (EARLY_STOPPED, FAILED_STATES, FINISHED, PENDING, RUNNING, SUCCEEDED,
                                            WITH_OBJECTIVE)
 
+DEFINITION_ATTR = "definition"  # study user attribute: Plan.definition of the run that began it
 INTERRUPTED = "Interrupted"  # stopped by the search itself: rerun, counted nowhere
 NO_TIMESTAMP = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -43,13 +44,30 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     if study.direction.name.lower() != direction:
         raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run to {study.direction.name.lower()}; "
                          f"this Experiment wants to {direction} (use another --output_dir or --storage)")
-    ran_smoke = study.user_attrs.get("smoke")
-    if ran_smoke is None:
-        study.set_user_attr("smoke", plan.smoke)
-    elif ran_smoke != plan.smoke:
-        raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run {'with' if ran_smoke else 'without'} "
-                         "--smoke; its trials cannot mix with this run's (use another --output_dir or --storage)")
+    recorded = study.user_attrs.get(DEFINITION_ATTR)
+    if recorded is None:
+        study.set_user_attr(DEFINITION_ATTR, plan.definition)
+    elif recorded != plan.definition:
+        raise UsageError(f"study {plan.experiment.name} in {plan.storage}: {what_changed(recorded, plan.definition)}; "
+                         "its trials cannot mix with this run's: start a new study with another --output_dir "
+                         "(or --storage), or rerun as before")
     return study
+
+
+def what_changed(recorded: dict, now: dict) -> str:
+    """The first difference between the study's definition and this run's, in words."""
+    if recorded.get("smoke") != now.get("smoke"):
+        return f"it was run {'with' if recorded.get('smoke') else 'without'} --smoke"
+    if recorded.get("experiment") != now.get("experiment"):
+        return "the Experiment's spec changed since it began"
+    if recorded.get("overrides") != now.get("overrides"):
+        shown = lambda o: " ".join(f"--{k}={v}" for k, v in sorted((o or {}).items())) or "none"
+        return f"it was run with --set {shown(recorded.get('overrides'))}, this run has {shown(now.get('overrides'))}"
+    old, new = recorded.get("data") or {}, now.get("data") or {}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"its --{key} was other data ({'content changed' if key in old and key in new else 'another source'})"
+    return "its definition differs"
 
 
 def katib_state(trial: FrozenTrial) -> str:

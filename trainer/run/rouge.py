@@ -86,6 +86,15 @@ def korean_rouge(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
     """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
+    per_example = rouge_per_example(predictions, references)
+    return {key: sum(s[key] for s in per_example) / len(per_example) for key in (*ROUGE_KEYS, "rouge_avg")}
+
+
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[dict[str, float]]:
+    """Each example's ROUGE-1/2/L F1 (averaged over its references) and their mean, rouge_avg:
+    the mean over examples of each is korean_rouge's figure."""
     if len(predictions) != len(references):
         raise ValueError(
             f"got {len(predictions)} predictions but {len(references)} reference lists; "
@@ -100,17 +109,17 @@ def korean_rouge(
 
     cache = _morphemes_of([*predictions, *(r for refs in references for r in refs)])
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer(cache))
-    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    per_example = []
     for pred, refs in zip(predictions, references):
-        if not pred.strip():
-            continue  # scores 0 against every reference
-        for ref in refs:
-            scores = scorer.score(ref, pred)
-            for key in ROUGE_KEYS:
-                totals[key] += scores[key].fmeasure / len(refs)
-    result = {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
-    result["rouge_avg"] = sum(result[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
-    return result
+        example = dict.fromkeys(ROUGE_KEYS, 0.0)
+        if pred.strip():  # an empty prediction scores 0 against every reference
+            for ref in refs:
+                scores = scorer.score(ref, pred)
+                for key in ROUGE_KEYS:
+                    example[key] += scores[key].fmeasure / len(refs)
+        example["rouge_avg"] = sum(example[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
+        per_example.append(example)
+    return per_example
 
 
 def clean_prediction(text: str) -> str:

@@ -26,7 +26,7 @@ from trainer.errors import UsageError
 from trainer.run.config import TrainConfig, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
 from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
-from trainer.run.rouge import check_references, clean_prediction, korean_rouge
+from trainer.run.rouge import check_references, clean_prediction, rouge_per_example
 
 EXIT_DIVERGED = 1
 EXIT_SIGTERM = 143
@@ -193,7 +193,8 @@ class Evaluation:
         self.split = split
         self.order = order
         self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
-        self.kept: tuple[int, float, dict[int, str]] | None = None  # (step, rouge_avg, predictions)
+        self.scores: dict[int, dict[str, float]] = {}  # example index -> its ROUGE, of the last evaluation
+        self.kept: tuple[int, float, dict[int, str], dict] | None = None  # (step, rouge_avg, predictions, scores)
 
     def __call__(self, eval_prediction) -> dict[str, float]:
         import numpy as np
@@ -205,16 +206,18 @@ class Evaluation:
             raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
         self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
         indices = sorted(self.predictions)
-        return korean_rouge([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
+        scores = rouge_per_example([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
+        self.scores = dict(zip(indices, scores))
+        return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
 
     def note(self, step: int, score: float) -> None:
         """Keep the predictions of the best evaluation of every example (strictly better, as the
         Trainer picks its best checkpoint), so the final evaluation need not run again."""
         if len(self.predictions) == len(self.split.ids) and (self.kept is None or score > self.kept[1]):
-            self.kept = (step, score, self.predictions)
+            self.kept = (step, score, self.predictions, self.scores)
 
 
-def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation):
+def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation, stopped: dict):
     from transformers import TrainerCallback
 
     class MetricLine(TrainerCallback):
@@ -261,10 +264,28 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
 
     callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
     if config.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        callbacks.append(announced_early_stopping(config, stopped))
     return callbacks
+
+
+def announced_early_stopping(config: TrainConfig, stopped: dict):
+    """transformers' EarlyStoppingCallback, which also says when and why it stops and notes it in
+    `stopped` for metrics.json. The line has no `=`: Katib's collector must not read it as a metric."""
+    from transformers import EarlyStoppingCallback
+
+    class AnnouncedEarlyStopping(EarlyStoppingCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+            if control.should_training_stop and not stopped:
+                epoch = round(state.epoch or 0.0, 2)
+                best = state.best_metric if state.best_metric is not None else math.nan
+                reason = (f"{report.OBJECTIVE} has not improved on {best:.4f} for {self.early_stopping_patience} "
+                          "evaluations")
+                stopped.update(epoch=epoch, of=config.num_train_epochs, reason=reason)
+                print(f"trainer: early stopping after epoch {epoch:g} of {config.num_train_epochs:g}: {reason} "
+                      "(--early_stopping_patience 0 trains every epoch)", file=sys.stderr, flush=True)
+
+    return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
 
 
 def watch_sigterm(sigterm: dict) -> None:
@@ -308,14 +329,16 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
-def write_predictions(path: Path, split: Split, predictions: list[str]) -> None:
+def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict[str, float]]) -> None:
+    """One row per example: its prediction, references, and its ROUGE (their mean is the reported figure)."""
     width = max(len(refs) for refs in split.references)
     names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
+    metrics = list(scores[0]) if scores else []
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["id", "prediction", *names])
-        for ident, prediction, refs in zip(split.ids, predictions, split.references):
-            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs))])
+        writer.writerow(["id", "prediction", *names, *metrics])
+        for ident, prediction, refs, score in zip(split.ids, predictions, split.references, scores):
+            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)), *(f"{score[m]:.6f}" for m in metrics)])
 
 
 def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
@@ -334,13 +357,13 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
 
 def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
     """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
-    example: (record of its epoch, metric values under final_* names, predictions by example).
+    example: (record of its epoch, metric values under final_* names, predictions and ROUGE by example).
     Reuses the best epoch's evaluation when that one covered every example."""
     best_step = trainer.state.best_global_step
     record = next((r for r in records if r["step"] == best_step), records[-1])
     if evaluation.kept and evaluation.kept[0] == best_step:
         values = {name: record[name] for name in report.METRIC_NAMES}
-        predictions = evaluation.kept[2]
+        predictions, scores = evaluation.kept[2], evaluation.kept[3]
     else:
         from transformers import EarlyStoppingCallback
 
@@ -349,8 +372,8 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
         values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
                   for name in report.METRIC_NAMES}
-        predictions = evaluation.predictions
-    return record, {report.FINAL_PREFIX + name: value for name, value in values.items()}, predictions
+        predictions, scores = evaluation.predictions, evaluation.scores
+    return record, {report.FINAL_PREFIX + name: value for name, value in values.items()}, predictions, scores
 
 
 def prepare(config: TrainConfig):
@@ -414,6 +437,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     per_epoch = eval_order(lengths, spread(len(lengths), config.epoch_eval_samples), config.sort_eval_by_length)
     evaluation = Evaluation(tokenizer, eval_split, per_epoch)
     sigterm = {"seen": False}
+    stopped: dict = {}  # filled when early stopping ends training: epoch, of, reason
     trainer = trainer_class()(
         model=model,
         args=training_arguments(config, fp16, bf16),
@@ -422,7 +446,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=evaluation,
-        callbacks=[*make_callbacks(config, metrics_path, sigterm, evaluation), *callbacks],
+        callbacks=[*make_callbacks(config, metrics_path, sigterm, evaluation, stopped), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
     watch_sigterm(sigterm)
@@ -439,16 +463,20 @@ def run(config: TrainConfig, callbacks=()) -> None:
     for checkpoint in output_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
     records = read_records(metrics_path)
-    extra = {"model": model_path, "train_examples": len(train_split.ids), "eval_examples": len(eval_split.ids),
+    extra = {"epochs_run": records[-1]["epoch"] if records else 0, "epochs_requested": config.num_train_epochs,
+             "stopped_early": stopped or None,
+             "model": model_path, "train_examples": len(train_split.ids), "eval_examples": len(eval_split.ids),
              "best_model_dir": str(output_dir / BEST_MODEL_DIR)}
     if records:
         try:
-            record, final, predictions = final_evaluation(trainer, evaluation, eval_dataset.select(everything),
+            record, final, predictions, scores = final_evaluation(trainer, evaluation, eval_dataset.select(everything),
                                                           everything, records)
             report.emit(report.format_metric_line(final, record["epoch"]))
         except (TrainingDiverged, report.NonFiniteMetric) as error:
             fail(str(error), EXIT_DIVERGED)
-        write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in range(len(eval_split.ids))])
+        every = range(len(eval_split.ids))
+        write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in every],
+                          [scores[i] for i in every])
         extra["final_evaluation"] = {"epoch": record["epoch"], "step": record["step"],
                                      "examples": len(eval_split.ids), **final}
     write_summary(output_dir / "metrics.json", config, records, time.time() - started, extra)
