@@ -24,38 +24,19 @@ unless --model names a local one.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
-import random
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from trainer.run import builtin
+from trainer.bench.data import COMPETITION, SMALL_BART, TRAIN_BATCH, TRIAL, make_data, resolve_model
+from trainer.bench.figures import draw_plot, median_figures, ratios, table, trial_phases
 from trainer.errors import UsageError
 from trainer.run.config import default_cache_dir
 
-# Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
-# 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
-LENGTHS = {
-    "dialogue": {"mean": 330, "sigma": 0.45, "range": (60, 1000)},
-    "summary": {"mean": 40, "sigma": 0.30, "range": (10, 120)},
-}
-COMPETITION = {"train": 12457, "dev": 499}  # the competition's split sizes
-
-# KoBART's layout (6+6 layers, d_model 768, FFN 4x wide) at 1/6 of its width and half its depth,
-# so that a 2-core CPU measures it in minutes.
-SMALL_BART = dict(d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
-                  max_position_embeddings=1026)
-
-TRAIN_BATCH = 8
 # The same settings for both sides: the guide's batch sizes, lengths and beam search. A random
 # model never says </s>, so every summary would run to the cap; 64 is about where a trained
 # model's batch of 32 summaries (~40 tokens each, 99th percentile ~80) stops.
@@ -67,122 +48,6 @@ BASELINE_FLAGS = ["--pad_to_max_length=true", "--cache_tokenized=false", "--grou
                   "--sort_eval_by_length=false", "--lean_beam_search=false",
                   "--optim=adamw_torch", "--tf32=false", "--dataloader_num_workers=0"]
 
-# One trial as the plot shows it: the competition's data, a few epochs, and for ours the
-# --epoch_eval_samples subset of the Experiments in manifests/ each epoch plus the full evaluation at the end.
-TRIAL = {"epochs": 5, "epoch_eval_samples": 250}
-
-RATE_KEYS = ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s")
-
-
-# ---------------------------------------------------------------- synthetic data
-
-def draw_length(rng: random.Random, kind: str) -> int:
-    spec = LENGTHS[kind]
-    mu = math.log(spec["mean"]) - spec["sigma"] ** 2 / 2  # log-normal with the wanted mean
-    low, high = spec["range"]
-    return min(high, max(low, round(rng.lognormvariate(mu, spec["sigma"]))))
-
-
-def token_counts(tokenizer, texts: list[str]) -> list[int]:
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
-
-
-def pieces_until(rng: random.Random, pieces: list[str], counts: list[int], target: int) -> list[str]:
-    """Random pieces whose token counts add up to at least `target`."""
-    chosen, total = [], 0
-    while total < target:
-        i = rng.randrange(len(pieces))
-        chosen.append(pieces[i])
-        total += counts[i]
-    return chosen
-
-
-def cut_to_tokens(tokenizer, texts: list[str], targets: list[int]) -> list[str]:
-    """Each text cut after its target-th token (at a character offset, so it stays plain text)."""
-    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-    return [text if len(spans) <= target else text[:spans[target - 1][1]]
-            for text, spans, target in zip(texts, offsets, targets)]
-
-
-def synthetic_rows(tokenizer, n: int, prefix: str, seed: int) -> list[dict]:
-    """Dialogues of built-in sample turns and summaries of sample sentences, cut to drawn lengths."""
-    sample = builtin.examples("train") + builtin.examples("dev")
-    turns = sorted({turn for row in sample for turn in row["dialogue"].split("\n")})
-    sentences = sorted({s for row in sample for s in re.split(r"(?<=\.)\s+", row["summary"]) if s})
-    turn_counts, sentence_counts = token_counts(tokenizer, turns), token_counts(tokenizer, sentences)
-    rng = random.Random(seed)
-    texts = {"dialogue": [], "summary": []}
-    targets = {"dialogue": [], "summary": []}
-    for _ in range(n):
-        for kind, pieces, counts, glue in (("dialogue", turns, turn_counts, "\n"),
-                                           ("summary", sentences, sentence_counts, " ")):
-            target = draw_length(rng, kind)
-            targets[kind].append(target)
-            texts[kind].append(glue.join(pieces_until(rng, pieces, counts, target)))
-    dialogues = cut_to_tokens(tokenizer, texts["dialogue"], targets["dialogue"])
-    summaries = cut_to_tokens(tokenizer, texts["summary"], targets["summary"])
-    return [{"fname": f"{prefix}_{i}", "dialogue": d, "summary": s, "topic": "bench"}
-            for i, (d, s) in enumerate(zip(dialogues, summaries))]
-
-
-def sample_tags() -> list[str]:
-    from trainer.run.data import TAG_PATTERN
-
-    return sorted({t for row in builtin.examples("train") for t in TAG_PATTERN.findall(row["dialogue"] + row["summary"])})
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=["fname", "dialogue", "summary", "topic"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def length_stats(lengths: list[int]) -> dict:
-    ordered = sorted(lengths)
-
-    def pct(p: float) -> int:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-    return {"mean": round(statistics.mean(ordered), 1), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
-            "max": ordered[-1], "over_512": round(sum(n > 512 for n in ordered) / len(ordered), 3),
-            "over_700": round(sum(n > 700 for n in ordered) / len(ordered), 3)}
-
-
-# ---------------------------------------------------------------- model
-
-def small_bart(directory: Path, cache_dir: str) -> Path:
-    """A random BART of SMALL_BART's shape on the built-in tokenizer, saved as a local model."""
-    import torch
-    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model(cache_dir))
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id, "decoder_start_token_id": tokenizer.eos_token_id,
-           "forced_eos_token_id": tokenizer.eos_token_id}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BartForConditionalGeneration(BartConfig(vocab_size=len(tokenizer), **SMALL_BART, **ids))
-    model.generation_config.max_length = 100
-    tokenizer.save_pretrained(directory)
-    hf_logging.disable_progress_bar()
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
-def resolve_model(model: str, work: Path, cache_dir: str) -> str:
-    if not model:
-        return str(small_bart(work / "model", cache_dir))
-    if model == builtin.TINY:
-        return str(builtin.tiny_model(cache_dir))
-    if not (Path(model) / "config.json").is_file():
-        raise UsageError(f"--model {model!r}: not a local model directory (no config.json); "
-                         "give a saved model's directory or builtin:tiny")
-    return model
-
-
-# ---------------------------------------------------------------- running trainer processes
 
 def worker_env(threads: int) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -245,113 +110,6 @@ def measure(flags: dict[str, list[str]], data: list[str], train_steps: int, work
         say(f"round {round_ + 1}/{repeats} measured")
     return records
 
-
-# ---------------------------------------------------------------- figures
-
-def median_figures(records: list[dict], n_train: int, n_eval: int, tokens_per_example: float) -> dict:
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in records)
-
-    samples_per_s = statistics.median(min(r["steps"] * TRAIN_BATCH, n_train) / r["train_s"] for r in records)
-    figures = {
-        "train_samples_per_s": samples_per_s,
-        "train_tokens_per_s": samples_per_s * tokens_per_example,
-        "eval_samples_per_s": n_eval / med("eval_s"),
-        "startup_cold_s": med("startup_cold_s"),
-        "startup_warm_s": med("startup_warm_s"),
-        "help_s": med("help_s"),
-        "peak_rss_mb": med("peak_rss_mb"),
-    }
-    if all("peak_gpu_mb" in r for r in records):
-        figures["peak_gpu_mb"] = med("peak_gpu_mb")
-    return {k: round(v, 3) for k, v in figures.items()}
-
-
-def ratios(ours: dict, baseline: dict) -> dict:
-    """How many times better ours is: rates ours/baseline, times and memory baseline/ours."""
-    out = {}
-    for key in ours:
-        if key not in baseline or not ours[key] or not baseline[key]:
-            continue
-        better_high = key in RATE_KEYS
-        out[key] = round(ours[key] / baseline[key] if better_high else baseline[key] / ours[key], 2)
-    out["startup_warm_vs_cold"] = round(ours["startup_cold_s"] / ours["startup_warm_s"], 2)
-    return out
-
-
-def trial_phases(figures: dict, subset: int) -> dict:
-    """Seconds per phase of one TRIAL on the competition's data, from the measured rates."""
-    evaluated = min(subset, COMPETITION["dev"]) if subset else COMPETITION["dev"]
-    return {
-        "start-up": figures["startup_warm_s"],
-        "training": TRIAL["epochs"] * COMPETITION["train"] / figures["train_samples_per_s"],
-        "evaluation": TRIAL["epochs"] * evaluated / figures["eval_samples_per_s"],
-        "final evaluation": COMPETITION["dev"] / figures["eval_samples_per_s"] if subset else 0.0,
-    }
-
-
-LABELS = {
-    "train_samples_per_s": "training samples/s",
-    "train_tokens_per_s": "training tokens/s (real, no padding)",
-    "eval_samples_per_s": "evaluation samples/s (generate+ROUGE)",
-    "startup_cold_s": "start-up, cold cache (s)",
-    "startup_warm_s": "start-up, warm cache (s)",
-    "help_s": "trainer --help (s)",
-    "peak_rss_mb": "peak RSS (MB)",
-    "peak_gpu_mb": "peak GPU memory (MB)",
-}
-
-
-def table(result: dict) -> str:
-    ours, baseline, ratio = result["ours"], result["baseline"], result["ratios"]
-    lines = [f"{'':40} {'ours':>10} {'baseline':>10} {'ratio':>8}"]
-    for key, label in LABELS.items():
-        if key in ours:
-            lines.append(f"{label:40} {ours[key]:>10.2f} {baseline[key]:>10.2f} {ratio.get(key, 0):>7.2f}x")
-    lines.append(f"{'ours: warm start-up vs cold':40} {'':>10} {'':>10} {ratio['startup_warm_vs_cold']:>7.2f}x")
-    lines.append("ratio: how many times better ours is (faster, or less memory)")
-    return "\n".join(lines)
-
-
-def readable(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def draw_plot(result: dict, path: str) -> None:
-    """Per phase of one TRIAL, ours beside the baseline (log scale: start-up is seconds, training hours)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trial = result["trial"]
-    phases = [p for p in trial["ours"] if trial["ours"][p] or trial["baseline"][p]]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    for offset, (name, color) in enumerate((("ours", "#1f77b4"), ("baseline", "#bdbdbd"))):
-        rows = [i + offset * 0.38 for i in range(len(phases))]
-        values = [trial[name][p] for p in phases]
-        ax.barh(rows, values, height=0.36, color=color, label=f"{name}: {readable(sum(values))} in all")
-        for row, value in zip(rows, values):
-            ax.text(max(value, 1) * 1.1, row, readable(value) if value else "none", va="center", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlim(left=1)
-    ax.set_yticks([i + 0.19 for i in range(len(phases))], phases)
-    ax.invert_yaxis()
-    ax.set_xlim(right=ax.get_xlim()[1] * 8)
-    ax.set_xlabel("seconds (log scale), projected from the measured rates")
-    ax.set_title(f"One trial: {TRIAL['epochs']} epochs on {COMPETITION['train']} dialogues, {COMPETITION['dev']} "
-                 f"evaluated (ours: {TRIAL['epoch_eval_samples']} each epoch + all at the end)\n"
-                 f"{result['setup']['device']}, {result['setup']['model'].split(' {')[0]}", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-
-# ---------------------------------------------------------------- the command
 
 def parse_against(against) -> list[str]:
     from trainer.flags import parse_assignments  # the reader of `trainer search --set`
@@ -452,29 +210,3 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     if plot:
         draw_plot(result, plot)
         say(f"plot written to {plot}")
-
-
-def make_data(model_path: str, work: Path, n_train: int):
-    """train.csv and dev.csv, and their length statistics in the model's tokens (as the trainer
-    tokenizes: tags as special tokens; real tokens count <s> and </s> and stop at 512/100)."""
-    from trainer.run.config import TrainConfig
-    from trainer.run.data import encode
-    from trainer.run.model import load_tokenizer
-
-    tokenizer = load_tokenizer(model_path, sample_tags())
-    train = synthetic_rows(tokenizer, n_train, "train", seed=1)
-    dev = synthetic_rows(tokenizer, COMPETITION["dev"], "dev", seed=2)
-    files = {"train": work / "train.csv", "dev": work / "dev.csv"}
-    write_csv(files["train"], train)
-    write_csv(files["dev"], dev)
-
-    limits = TrainConfig()
-    dialogues = [r["dialogue"] for r in train]
-    summaries = [r["summary"] for r in train]
-    real = [len(d) + len(s) for d, s in zip(encode(tokenizer, dialogues, limits.encoder_max_len),
-                                            encode(tokenizer, summaries, limits.decoder_max_len))]
-    return files, {"dialogue_tokens": length_stats(token_counts(tokenizer, dialogues)),
-                   "summary_tokens": length_stats(token_counts(tokenizer, summaries)),
-                   "real_tokens_per_example": round(statistics.mean(real), 1),
-                   "padded_tokens_per_example": limits.encoder_max_len + limits.decoder_max_len,
-                   "examples": len(train), "drawn_from": LENGTHS}
