@@ -135,12 +135,23 @@ def stored_lengths(dataset) -> list[int]:
 
 
 def trainer_class():
-    """Seq2SeqTrainer with two sampler fixes; a function so transformers is imported only when training."""
+    """Seq2SeqTrainer with a loss that honours gradient accumulation and two sampler fixes; a function
+    so transformers is imported only when training."""
     from torch.utils.data import SequentialSampler
     from transformers import Seq2SeqTrainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from transformers.trainer_pt_utils import LabelSmoother, LengthGroupedSampler
 
     class Trainer(Seq2SeqTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # BART's forward takes **kwargs, so the Trainer takes its loss for one normalised by
+            # num_items_in_batch and does not divide it by the accumulation steps; but BART returns
+            # each micro-batch's own mean, and the gradients of an accumulated batch came out summed.
+            # The label smoother (epsilon 0 = plain cross-entropy) divides the summed token losses by
+            # num_items_in_batch, the label tokens of the whole accumulated batch: 4 x 4 trains as 16 x 1.
+            if self.label_smoother is None:
+                self.label_smoother = LabelSmoother(epsilon=0.0)
+
         def _get_train_sampler(self, train_dataset=None):
             # transformers drops the `length` column before it builds this sampler, then measures
             # every example again: use the lengths stored with the tokens instead.
