@@ -200,10 +200,11 @@ class Evaluation:
     that order (sorted by length); predictions are mapped back to their examples and scored in the
     data's own order, so neither the metric nor predictions.csv depends on the evaluation order."""
 
-    def __init__(self, tokenizer, split: Split, order: list[int]):
+    def __init__(self, tokenizer, split: Split, order: list[int], drop_punctuation: bool):
         self.tokenizer = tokenizer
         self.split = split
         self.order = order
+        self.drop_punctuation = drop_punctuation
         self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
         self.kept: tuple[int, float, dict[int, str]] | None = None  # (step, rouge_avg, predictions)
 
@@ -217,7 +218,8 @@ class Evaluation:
             raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
         self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
         indices = sorted(self.predictions)
-        return korean_rouge([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
+        return korean_rouge([self.predictions[i] for i in indices], [self.split.references[i] for i in indices],
+                            self.drop_punctuation)
 
     def note(self, step: int, score: float) -> None:
         """Keep the predictions of the best evaluation of every example (strictly better, as the
@@ -371,7 +373,7 @@ def prepare(config: TrainConfig):
     passed = references_passed(eval_split, config)  # a marker in the shared cache, or None
     if not (passed and passed.exists()):
         try:
-            check_references(eval_split.references)
+            check_references(eval_split.references, config.rouge_drop_punctuation)
         except ValueError as error:
             raise UsageError(f"--eval_file {eval_split.source}: {error}") from None
         if passed:
@@ -422,7 +424,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     lengths = stored_lengths(eval_dataset)
     everything = eval_order(lengths, range(len(lengths)), config.sort_eval_by_length)
     per_epoch = eval_order(lengths, spread(len(lengths), config.eval_max_samples), config.sort_eval_by_length)
-    evaluation = Evaluation(tokenizer, eval_split, per_epoch)
+    evaluation = Evaluation(tokenizer, eval_split, per_epoch, config.rouge_drop_punctuation)
     sigterm = {"seen": False}
     trainer = trainer_class()(
         model=model,
