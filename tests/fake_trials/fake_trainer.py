@@ -6,6 +6,7 @@ Behaviour, from its flags:
   --num_train_epochs=N   N evaluations, FAKE_EPOCH_SECONDS (env, default 0.05) apart
   --seed=13              one evaluation, then exit 3: a Failed trial
   --seed=14              no metric line at all, exit 0: a MetricsUnavailable trial
+  --report_to=wandb      an (empty) offline W&B run folder where wandb puts one: OUTPUT_DIR/wandb/offline-run-*
 It writes run.json into --output_dir: its pid, argv, start time, and end time (absent when killed).
 """
 
@@ -27,6 +28,8 @@ def main() -> int:
     os.makedirs(folder, exist_ok=True)
     record = {"pid": os.getpid(), "argv": sys.argv[1:], "start": time.time()}
     save(folder, record)
+    if flags.get("report_to") == "wandb":
+        os.makedirs(os.path.join(folder, "wandb", f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"))
     learning_rate = float(flags.get("learning_rate", "0.1"))
     epochs = int(float(flags.get("num_train_epochs", "3")))
     seed = flags.get("seed", "42")

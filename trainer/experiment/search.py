@@ -71,6 +71,7 @@ COUNTED = (SUCCEEDED, EARLY_STOPPED, FAILED, METRICS_UNAVAILABLE)
 WITH_OBJECTIVE = (SUCCEEDED, EARLY_STOPPED)
 STOP_GRACE_S = 30.0  # SIGTERM makes the trainer save a checkpoint, which takes a few seconds
 LEFTOVER_GRACE_S = 5.0
+OFFLINE_WANDB_RUNS = "trials/*/wandb/offline-run-*"  # under output_dir: each trial's WANDB_DIR is its output_dir
 NO_TIMESTAMP = datetime.min.replace(tzinfo=timezone.utc)
 SET_SEPARATOR = re.compile(r",(?=\s*-{0,2}[A-Za-z_][\w-]*\s*=)")
 
@@ -125,6 +126,7 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
         raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
     say(stop_message(plan, study, reason))
     show_results(plan, study, bool(keep_models))
+    show_wandb_sync(plan)
     if reason == "failed":
         raise SystemExit(1)
 
@@ -505,6 +507,7 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     if study.direction.name.lower() != direction:
         raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run to {study.direction.name.lower()}; "
                          f"this Experiment wants to {direction} (use another --output_dir or --storage)")
+    study.set_metric_names([plan.objective])  # optuna-dashboard's name for the objective, not "Objective 0"
     ran_smoke = study.user_attrs.get("smoke")
     if ran_smoke is None:
         study.set_user_attr("smoke", plan.smoke)
@@ -822,7 +825,10 @@ def strategy_value(reports: list, strategy: str) -> str | None:
 
 def record(study: optuna.Study, trial: optuna.Trial, state: str, message: str, objective: float | None,
            metrics: dict, objective_reports: list) -> None:
-    for key, value in {"katib_state": state, "message": message, "objective": objective, "metrics": metrics,
+    # Each metric also as a number of its own, which optuna-dashboard can sort and plot by.
+    numbers = {name: to_number(text) for name, text in metrics.items() if text is not None}
+    numbers = {name: number for name, number in numbers.items() if number is not None}
+    for key, value in {**numbers, "katib_state": state, "message": message, "objective": objective, "metrics": metrics,
                        median.REPORTS_ATTR: objective_reports}.items():
         trial.set_user_attr(key, value)
     if state == SUCCEEDED:
@@ -1016,3 +1022,10 @@ def show_results(plan: Plan, study: optuna.Study, keep_models: bool) -> None:
         say(f"model: {model}")
     if plan.storage.startswith("sqlite:///"):
         say(f"browse: optuna-dashboard {plan.storage}")
+
+
+def show_wandb_sync(plan: Plan) -> None:
+    """Trials log to W&B offline without WANDB_API_KEY: say how to upload their runs."""
+    runs = sorted(plan.output_dir.glob(OFFLINE_WANDB_RUNS))
+    if runs:
+        say(f"W&B: {len(runs)} offline runs; upload them with: wandb sync {plan.output_dir}/{OFFLINE_WANDB_RUNS}")

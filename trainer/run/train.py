@@ -64,6 +64,9 @@ def resolve_precision(config: TrainConfig) -> tuple[bool, bool]:
     return fp16, bf16
 
 
+WANDB_PROJECT = "kobart-dialogue-summary"  # the Experiments' WANDB_PROJECT env carries the same name
+
+
 def setup_wandb(config: TrainConfig) -> None:
     """Run name = trial name (the output_dir's last part, /output/<trial> on Katib); group = experiment."""
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
@@ -73,7 +76,22 @@ def setup_wandb(config: TrainConfig) -> None:
     experiment = os.environ.get("KATIB_EXPERIMENT_NAME") or trial.rsplit("-", 1)[0]
     os.environ.setdefault("WANDB_RUN_GROUP", experiment)
     os.environ.setdefault("WANDB_DIR", config.output_dir)
-    os.environ.setdefault("WANDB_PROJECT", "korean-dialogue-summarization")
+    os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
+
+
+def wandb_key(name: str) -> str:
+    """A metric's name in W&B, as the Trainer's callback writes an evaluation's: eval/rouge_avg, eval/loss."""
+    return "eval/" + ("loss" if name == "eval_loss" else name)
+
+
+def summarize_in_wandb(record: dict, final: dict) -> None:
+    """The W&B run summary says what the kept model scored: its epoch's figures under eval/ (the
+    Trainer's callback left the last epoch's there) and the final_* evaluation beside them."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.summary.update({**{wandb_key(name): record[name] for name in report.METRIC_NAMES},
+                                  **{"eval/" + name: value for name, value in final.items()}})
 
 
 def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
@@ -357,8 +375,10 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
         predictions = evaluation.kept[2]
     else:
         from transformers import EarlyStoppingCallback
+        from transformers.integrations import WandbCallback
 
         trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
+        trainer.remove_callback(WandbCallback)  # it would log train/final_*: summarize_in_wandb records them
         evaluation.order = order
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
         values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
@@ -463,6 +483,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
             print(f"trainer: error: {error}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_DIVERGED) from None
         write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in range(len(eval_split.ids))])
+        if config.report_to == "wandb":
+            summarize_in_wandb(record, final)
         extra["final_evaluation"] = {"epoch": record["epoch"], "step": record["step"],
                                      "examples": len(eval_split.ids), **final}
     write_summary(output_dir / "metrics.json", config, records, time.time() - started, extra)
