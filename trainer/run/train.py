@@ -154,21 +154,26 @@ def stored_lengths(dataset) -> list[int]:
 
 def trainer_class():
     """Seq2SeqTrainer with a loss that honours gradient accumulation and two sampler fixes; a function
-    so transformers is imported only when training."""
+    so torch and transformers are imported only when training."""
+    from torch.nn.functional import cross_entropy
     from torch.utils.data import SequentialSampler
     from transformers import Seq2SeqTrainer
-    from transformers.trainer_pt_utils import LabelSmoother, LengthGroupedSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class Trainer(Seq2SeqTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # BART's forward takes **kwargs, so the Trainer takes its loss for one normalised by
-            # num_items_in_batch and does not divide it by the accumulation steps; but BART returns
-            # each micro-batch's own mean, and the gradients of an accumulated batch came out summed.
-            # The label smoother (epsilon 0 = plain cross-entropy) divides the summed token losses by
-            # num_items_in_batch, the label tokens of the whole accumulated batch: 4 x 4 trains as 16 x 1.
-            if self.label_smoother is None:
-                self.label_smoother = LabelSmoother(epsilon=0.0)
+            # num_items_in_batch (the label tokens of the whole accumulated batch) and does not divide
+            # it by the accumulation steps; but BART returns each micro-batch's own mean, so the
+            # micro-batches' gradients came out summed. This is the loss that count stands for: 4 x 4
+            # trains as 16 x 1. The label smoother (label_smoothing_factor > 0) already uses it.
+            if self.label_smoother is not None or num_items_in_batch is None or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")  # without labels BART computes no loss of its own
+            outputs = model(**inputs)
+            loss = cross_entropy(outputs.logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                 reduction="sum") / num_items_in_batch
+            return (loss, outputs) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
             # transformers drops the `length` column before it builds this sampler, then measures
