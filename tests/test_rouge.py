@@ -89,8 +89,9 @@ def test_empty_prediction_scores_zero(empty):
     assert_scores(korean_rouge([empty], [[REF]]), 0.0, 0.0, 0.0)
 
 
-def test_punctuation_only_prediction_scores_zero():
-    assert_scores(korean_rouge(["?!..."], [[REF]]), 0.0, 0.0, 0.0)
+@pytest.mark.parametrize("drop", [False, True])
+def test_punctuation_only_prediction_scores_zero(drop):
+    assert_scores(korean_rouge(["?!..."], [[REF]], drop_punctuation=drop), 0.0, 0.0, 0.0)
 
 
 def test_multiple_references_averaged():
@@ -109,14 +110,35 @@ def test_examples_averaged():
     assert_scores(got, 0.5, 0.5, 0.5)
 
 
-def test_punctuation_ignored():
-    assert morphemes("나는, 밥을... 먹었다?!") == morphemes("나는 밥을 먹었다")
-    got = korean_rouge(["나는, 밥을... 먹었다?!"], [["「나는 밥을 먹었다.」"]])
+PUNCTUATED_PRED = "나는, 밥을... 먹었다?!"
+PUNCTUATED_REF = "「나는 밥을 먹었다.」"
+
+
+def test_punctuation_counts_by_default():
+    # The competition's morpheme analyzer output, nothing dropped:
+    # pred (10): 나 는 , 밥 을 ... 먹 었 다 ?!
+    # ref  (10): 「 나 는 밥 을 먹 었 다 . 」
+    assert morphemes(PUNCTUATED_PRED) == ["나", "는", ",", "밥", "을", "...", "먹", "었", "다", "?!"]
+    assert morphemes(PUNCTUATED_REF) == ["「", "나", "는", "밥", "을", "먹", "었", "다", ".", "」"]
+    # rouge1: common 나 는 밥 을 먹 었 다 = 7; P = R = 7/10, F = 7/10
+    # rouge2: pred bigrams (9): 나는 는, ,밥 밥을 을... ...먹 먹었 었다 다?!
+    #         ref bigrams (9): 「나 나는 는밥 밥을 을먹 먹었 었다 다. .」
+    #         common 나는 밥을 먹었 었다 = 4; P = R = 4/9, F = 4/9
+    # rougeL: LCS 나 는 밥 을 먹 었 다 = 7, F = 7/10
+    assert_scores(korean_rouge([PUNCTUATED_PRED], [[PUNCTUATED_REF]]), 7 / 10, 4 / 9, 7 / 10)
+
+
+def test_punctuation_dropped_on_request():
+    assert morphemes(PUNCTUATED_PRED, drop_punctuation=True) == ["나", "는", "밥", "을", "먹", "었", "다"]
+    assert morphemes(PUNCTUATED_REF, drop_punctuation=True) == morphemes("나는 밥을 먹었다")
+    got = korean_rouge([PUNCTUATED_PRED], [[PUNCTUATED_REF]], drop_punctuation=True)
     assert_scores(got, 1.0, 1.0, 1.0)
 
 
 def test_latin_lowercased_numbers_and_hanja_kept():
-    assert morphemes("ABC 회사 3시 漢字 ㅋㅋ ~") == ["abc", "회사", "3", "시", "漢字"]
+    text = "ABC 회사 3시 漢字 ㅋㅋ ~"
+    assert morphemes(text) == ["abc", "회사", "3", "시", "漢字", "ㅋㅋ", "~"]
+    assert morphemes(text, drop_punctuation=True) == ["abc", "회사", "3", "시", "漢字"]
 
 
 @pytest.mark.parametrize(
@@ -136,14 +158,22 @@ def test_check_references_accepts_real_references():
     check_references([[REF], ["", "#Person1#"]])
 
 
-@pytest.mark.parametrize("refs", [[], [[]], [[""], ["  ", "..."]]])
-def test_check_references_rejects_empty(refs):
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("refs", [[], [[]], [[""], ["  ", "\n"]]])
+def test_check_references_rejects_empty(refs, drop):
     with pytest.raises(ValueError, match="reference"):
-        check_references(refs)
+        check_references(refs, drop_punctuation=drop)
+
+
+def test_check_references_punctuation_only():
+    # Scored with punctuation, "..." can match a prediction; without it, it is empty.
+    check_references([[""], ["..."]])
+    with pytest.raises(ValueError, match="no morphemes"):
+        check_references([[""], ["..."]], drop_punctuation=True)
 
 
 def test_check_references_rejects_silent_tokenizer(monkeypatch):
-    monkeypatch.setattr(rouge, "_morphemes_of", lambda texts: {t: [] for t in texts})
+    monkeypatch.setattr(rouge, "_morphemes_of", lambda texts, drop_punctuation: {t: [] for t in texts})
     with pytest.raises(ValueError, match="no morphemes"):
         check_references([[REF]])
 
@@ -157,3 +187,24 @@ def test_flat_references_rejected():
     # a plain string would otherwise be scored character by character
     with pytest.raises(ValueError, match="references\\[0\\] is a string"):
         korean_rouge([REF], [REF])
+
+
+@pytest.mark.parametrize("drop, expected", [(False, (7 / 10, 4 / 9, 7 / 10)), (True, (1.0, 1.0, 1.0))])
+def test_training_evaluation_scores_as_the_flag_says(drop, expected):
+    """train.Evaluation (the Trainer's compute_metrics) decodes generated ids and scores them
+    with or without punctuation, as --rouge_drop_punctuation says."""
+    import numpy as np
+    from transformers import EvalPrediction, PreTrainedTokenizerFast
+
+    from trainer.run.builtin import train_tokenizer
+    from trainer.run.data import Split
+    from trainer.run.train import Evaluation
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer([PUNCTUATED_PRED, PUNCTUATED_REF]),
+                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    ids = np.array([tokenizer.encode(PUNCTUATED_PRED)])
+    split = Split(ids=["a"], dialogues=["..."], references=[[PUNCTUATED_REF]], source="test")
+    evaluation = Evaluation(tokenizer, split, [0], drop_punctuation=drop)
+    got = evaluation(EvalPrediction(predictions=ids, label_ids=ids))
+    assert evaluation.predictions == {0: PUNCTUATED_PRED}
+    assert_scores(got, *expected)

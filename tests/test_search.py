@@ -147,9 +147,15 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
         assert all(point in grid for point in visited) and visited[0] != visited[1]
     best = max(study.trials, key=lambda t: t.value)
     name = best.user_attrs["trial_name"]
-    docker = next(line.strip() for line in printed.splitlines() if line.strip().startswith("docker run"))
-    assert docker == results.docker_line(ex.trial_args(experiment, best.params, name))
-    assert f"--output_dir=/output/{name}" in docker and "builtin:" not in docker
+    dockers = [line.strip() for line in printed.splitlines() if line.strip().startswith("docker run")]
+    if "\ntie: " in printed:  # 16 smoke examples may not tell two trials apart: then no winner is named
+        assert not (out / "best.yaml").exists() and len(dockers) == 2
+        assert sorted(dockers) == sorted(results.docker_line(ex.trial_args(experiment, t.params,
+                                                                           t.user_attrs["trial_name"]))
+                                         for t in study.trials)
+        return
+    assert dockers[0] == results.docker_line(ex.trial_args(experiment, best.params, name))
+    assert f"--output_dir=/output/{name}" in dockers[0] and "builtin:" not in dockers[0]
     preset = config.build_config({"preset": str(out / "best.yaml"), "train_file": "builtin:sample",
                                   "eval_file": "builtin:sample"})
     argv_flags = parse_flags(ex.trial_args(experiment, best.params, name)[1:])

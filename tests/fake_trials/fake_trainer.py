@@ -6,6 +6,7 @@ Behaviour, from its flags:
   --num_train_epochs=N   N evaluations, FAKE_EPOCH_SECONDS (env, default 0.05) apart
   --seed=13              one evaluation, then exit 3: a Failed trial
   --seed=14              no metric line at all, exit 0: a MetricsUnavailable trial
+  --report_to=wandb      an (empty) offline W&B run folder where wandb puts one: OUTPUT_DIR/wandb/offline-run-*
   FAKE_STOP_AT=K (env)   its own early stopping ends it after epoch K (said in metrics.json)
   FAKE_SPREAD=S (env)    predictions.csv's per-example rouge_avg spread by S around the trial's value,
                          independently per learning rate (0: every example scores the trial's value)
@@ -33,6 +34,8 @@ def main() -> int:
     os.makedirs(folder, exist_ok=True)
     record = {"pid": os.getpid(), "argv": sys.argv[1:], "start": time.time()}
     save(folder, record)
+    if flags.get("report_to") == "wandb":
+        os.makedirs(os.path.join(folder, "wandb", f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"))
     learning_rate = float(flags.get("learning_rate", "0.1"))
     epochs = int(float(flags.get("num_train_epochs", "3")))
     seed = flags.get("seed", "42")

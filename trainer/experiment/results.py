@@ -25,6 +25,7 @@ from trainer.run import config
 # Where a run reads and writes, not how it trains: left out of a preset.
 PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to")
 IMAGE = "trainer"
+OFFLINE_WANDB_RUNS = "trials/*/wandb/offline-run-*"  # under output_dir: each trial's WANDB_DIR is its output_dir
 
 
 @dataclass
@@ -324,3 +325,10 @@ def show_results(plan, study, keep_models: bool) -> None:
             say(f"model: {model}")
     if plan.storage.startswith("sqlite:///"):
         say(f"browse: optuna-dashboard {plan.storage}")
+
+
+def show_wandb_sync(plan) -> None:
+    """Trials log to W&B offline without WANDB_API_KEY: say how to upload their runs."""
+    runs = sorted(plan.output_dir.glob(OFFLINE_WANDB_RUNS))
+    if runs:
+        say(f"W&B: {len(runs)} offline runs; upload them with: wandb sync {plan.output_dir}/{OFFLINE_WANDB_RUNS}")

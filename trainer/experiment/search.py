@@ -66,6 +66,7 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
         raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
     say(stop_message(plan, study, reason))
     results.show_results(plan, study, bool(keep_models))
+    results.show_wandb_sync(plan)
     if reason == "failed":
         raise SystemExit(1)
 

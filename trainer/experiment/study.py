@@ -44,6 +44,7 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     if study.direction.name.lower() != direction:
         raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run to {study.direction.name.lower()}; "
                          f"this Experiment wants to {direction} (use another --output_dir or --storage)")
+    study.set_metric_names([plan.objective])  # optuna-dashboard's name for the objective, not "Objective 0"
     recorded = study.user_attrs.get(DEFINITION_ATTR)
     if recorded is None:
         study.set_user_attr(DEFINITION_ATTR, plan.definition)
@@ -155,7 +156,10 @@ def strategy_value(reports: list, strategy: str) -> str | None:
 
 def record(study: optuna.Study, trial: optuna.Trial, state: str, message: str, objective: float | None,
            metrics: dict, objective_reports: list) -> None:
-    for key, value in {"katib_state": state, "message": message, "objective": objective, "metrics": metrics,
+    # Each metric also as a number of its own, which optuna-dashboard can sort and plot by.
+    numbers = {name: to_number(text) for name, text in metrics.items() if text is not None}
+    numbers = {name: number for name, number in numbers.items() if number is not None}
+    for key, value in {**numbers, "katib_state": state, "message": message, "objective": objective, "metrics": metrics,
                        median.REPORTS_ATTR: objective_reports}.items():
         trial.set_user_attr(key, value)
     if state == SUCCEEDED:

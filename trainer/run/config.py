@@ -81,6 +81,9 @@ class TrainConfig:
     no_repeat_ngram_size: int = _flag(2, "forbid repeating n-grams of this size in generated summaries (0 = off)")
     generation_max_length: int = _flag(100, "longest generated summary, in tokens")
     length_penalty: float = _flag(1.0, "beam-search length penalty (> 1 favours longer summaries)")
+    # metric
+    rouge_drop_punctuation: bool = _flag(False, "leave punctuation and symbols out of ROUGE (the competition's "
+                                                "text drops nothing: every morpheme counts by default)")
     # run
     output_dir: str = _flag("outputs/run", "checkpoints, metrics.jsonl, metrics.json, predictions.csv")
     cache_dir: str = _flag(default_cache_dir(), "tokenized-data and built-in model cache (env TRAINER_CACHE_DIR)")

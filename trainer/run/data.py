@@ -156,7 +156,7 @@ def references_passed(split: Split, config: TrainConfig) -> Path | None:
         return None
     from importlib.metadata import version
 
-    payload = ["references-v1", version("kiwipiepy"), split.references]
+    payload = ["references-v1", version("kiwipiepy"), config.rouge_drop_punctuation, split.references]
     digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
     return Path(config.cache_dir) / "tokenized" / f"references-{digest}.passed"
 

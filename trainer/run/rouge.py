@@ -2,7 +2,9 @@
 
 rouge_score's default tokenizer keeps only [a-z0-9], so every Hangul summary scores 0.
 The competition metric is ROUGE-1/2/L F1 on morphemes, averaged over each dialogue's
-references, then over dialogues; `rouge_avg` is the mean of the three.
+references, then over dialogues; `rouge_avg` is the mean of the three. It names no analyzer and
+says nothing of dropping punctuation, so every morpheme kiwi returns counts; drop_punctuation=True
+(--rouge_drop_punctuation) leaves out punctuation and symbols.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _TAG = re.compile(r"#[A-Za-z]+[0-9]*#")
 # Only the model's special tokens; #Tag# tokens and <unk> are real content.
 _SPECIAL = re.compile(r"</s>|<s>|<pad>|<usr>")
 # Kiwi tags starting with S are punctuation/symbols, except Latin, numbers and hanja.
+# What drop_punctuation drops: S* tags but these.
 _KEPT_S_TAGS = {"SL", "SN", "SH"}
 
 _kiwi = None
@@ -39,39 +42,40 @@ def _tag_spans(text: str) -> list[tuple[int, int, str]]:
     return [(m.start(), m.end(), "NNP") for m in _TAG.finditer(text)]
 
 
-def _forms(tokens) -> list[str]:
+def _forms(tokens, drop_punctuation: bool) -> list[str]:
     out = []
     for tok in tokens:
         tag = str(tok.tag)
-        if tag.startswith("S") and tag not in _KEPT_S_TAGS:
+        if drop_punctuation and tag.startswith("S") and tag not in _KEPT_S_TAGS:
             continue
         out.append(tok.form.lower() if tag == "SL" else tok.form)
     return out
 
 
-def morphemes(text: str) -> list[str]:
-    """Morpheme forms of `text`, #Tag# tokens whole, punctuation dropped, Latin lowercased."""
-    return _forms(_get_kiwi().tokenize(text, pretokenized=_tag_spans))
+def morphemes(text: str, drop_punctuation: bool = False) -> list[str]:
+    """Morpheme forms of `text`, #Tag# tokens whole, Latin lowercased (punctuation dropped on request)."""
+    return _forms(_get_kiwi().tokenize(text, pretokenized=_tag_spans), drop_punctuation)
 
 
-def _morphemes_of(texts: Iterable[str]) -> dict[str, list[str]]:
+def _morphemes_of(texts: Iterable[str], drop_punctuation: bool) -> dict[str, list[str]]:
     """Morphemes of each distinct text, tokenized in one kiwi call."""
     distinct = list(dict.fromkeys(texts))
     if not distinct:
         return {}
     results = _get_kiwi().tokenize(distinct, pretokenized=_tag_spans)
-    return {text: _forms(tokens) for text, tokens in zip(distinct, results)}
+    return {text: _forms(tokens, drop_punctuation) for text, tokens in zip(distinct, results)}
 
 
 class _CachedTokenizer:
     """The `.tokenize(text)` object rouge_score wants, answering from pre-tokenized texts."""
 
-    def __init__(self, cache: dict[str, list[str]]):
+    def __init__(self, cache: dict[str, list[str]], drop_punctuation: bool):
         self._cache = cache
+        self._drop_punctuation = drop_punctuation
 
     def tokenize(self, text: str) -> list[str]:
         tokens = self._cache.get(text)
-        return list(tokens) if tokens is not None else morphemes(text)
+        return list(tokens) if tokens is not None else morphemes(text, self._drop_punctuation)
 
 
 def _check_shape(references: Sequence[Sequence[str]]) -> None:
@@ -83,15 +87,15 @@ def _check_shape(references: Sequence[Sequence[str]]) -> None:
 
 
 def korean_rouge(
-    predictions: Sequence[str], references: Sequence[Sequence[str]]
+    predictions: Sequence[str], references: Sequence[Sequence[str]], drop_punctuation: bool = False
 ) -> dict[str, float]:
     """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
-    per_example = rouge_per_example(predictions, references)
+    per_example = rouge_per_example(predictions, references, drop_punctuation)
     return {key: sum(s[key] for s in per_example) / len(per_example) for key in (*ROUGE_KEYS, "rouge_avg")}
 
 
 def rouge_per_example(
-    predictions: Sequence[str], references: Sequence[Sequence[str]]
+    predictions: Sequence[str], references: Sequence[Sequence[str]], drop_punctuation: bool = False
 ) -> list[dict[str, float]]:
     """Each example's ROUGE-1/2/L F1 (averaged over its references) and their mean, rouge_avg:
     the mean over examples of each is korean_rouge's figure."""
@@ -107,8 +111,8 @@ def rouge_per_example(
         if not refs:
             raise ValueError(f"references[{i}] is empty; each example needs a reference")
 
-    cache = _morphemes_of([*predictions, *(r for refs in references for r in refs)])
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer(cache))
+    cache = _morphemes_of([*predictions, *(r for refs in references for r in refs)], drop_punctuation)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer(cache, drop_punctuation))
     per_example = []
     for pred, refs in zip(predictions, references):
         example = dict.fromkeys(ROUGE_KEYS, 0.0)
@@ -127,13 +131,13 @@ def clean_prediction(text: str) -> str:
     return " ".join(_SPECIAL.sub("", text).split())
 
 
-def check_references(references: Sequence[Sequence[str]]) -> None:
+def check_references(references: Sequence[Sequence[str]], drop_punctuation: bool = False) -> None:
     """Fail loudly if the references could only ever score 0 (none, or no tokens at all)."""
     _check_shape(references)
     texts = [r for refs in references for r in refs]
     if not texts:
         raise ValueError("no references to score against: the reference set is empty")
-    if not any(_morphemes_of(texts).values()):
+    if not any(_morphemes_of(texts, drop_punctuation).values()):
         raise ValueError(
             f"all {len(texts)} references tokenize to no morphemes; "
             "ROUGE would be 0 for every prediction (empty references or a broken tokenizer?)"

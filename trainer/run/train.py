@@ -63,6 +63,9 @@ def resolve_precision(config: TrainConfig) -> tuple[bool, bool]:
     return fp16, bf16
 
 
+WANDB_PROJECT = "kobart-dialogue-summary"  # the Experiments' WANDB_PROJECT env carries the same name
+
+
 def setup_wandb(config: TrainConfig) -> None:
     """Run name = trial name (the output_dir's last part, /output/<trial> on Katib); group = experiment."""
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
@@ -72,7 +75,22 @@ def setup_wandb(config: TrainConfig) -> None:
     experiment = os.environ.get("KATIB_EXPERIMENT_NAME") or trial.rsplit("-", 1)[0]
     os.environ.setdefault("WANDB_RUN_GROUP", experiment)
     os.environ.setdefault("WANDB_DIR", config.output_dir)
-    os.environ.setdefault("WANDB_PROJECT", "korean-dialogue-summarization")
+    os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
+
+
+def wandb_key(name: str) -> str:
+    """A metric's name in W&B, as the Trainer's callback writes an evaluation's: eval/rouge_avg, eval/loss."""
+    return "eval/" + ("loss" if name == "eval_loss" else name)
+
+
+def summarize_in_wandb(record: dict, final: dict) -> None:
+    """The W&B run summary says what the kept model scored: its epoch's figures under eval/ (the
+    Trainer's callback left the last epoch's there) and the final_* evaluation beside them."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.summary.update({**{wandb_key(name): record[name] for name in report.METRIC_NAMES},
+                                  **{"eval/" + name: value for name, value in final.items()}})
 
 
 def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
@@ -134,12 +152,28 @@ def stored_lengths(dataset) -> list[int]:
 
 
 def trainer_class():
-    """Seq2SeqTrainer with two sampler fixes; a function so transformers is imported only when training."""
+    """Seq2SeqTrainer with a loss that honours gradient accumulation and two sampler fixes; a function
+    so torch and transformers are imported only when training."""
+    from torch.nn.functional import cross_entropy
     from torch.utils.data import SequentialSampler
     from transformers import Seq2SeqTrainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class Trainer(Seq2SeqTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # BART's forward takes **kwargs, so the Trainer takes its loss for one normalised by
+            # num_items_in_batch (the label tokens of the whole accumulated batch) and does not divide
+            # it by the accumulation steps; but BART returns each micro-batch's own mean, so the
+            # micro-batches' gradients came out summed. This is the loss that count stands for: 4 x 4
+            # trains as 16 x 1. The label smoother (label_smoothing_factor > 0) already uses it.
+            if self.label_smoother is not None or num_items_in_batch is None or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")  # without labels BART computes no loss of its own
+            outputs = model(**inputs)
+            loss = cross_entropy(outputs.logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                 reduction="sum") / num_items_in_batch
+            return (loss, outputs) if return_outputs else loss
+
         def _get_train_sampler(self, train_dataset=None):
             # transformers drops the `length` column before it builds this sampler, then measures
             # every example again: use the lengths stored with the tokens instead.
@@ -188,10 +222,11 @@ class Evaluation:
     that order (sorted by length); predictions are mapped back to their examples and scored in the
     data's own order, so neither the metric nor predictions.csv depends on the evaluation order."""
 
-    def __init__(self, tokenizer, split: Split, order: list[int]):
+    def __init__(self, tokenizer, split: Split, order: list[int], drop_punctuation: bool):
         self.tokenizer = tokenizer
         self.split = split
         self.order = order
+        self.drop_punctuation = drop_punctuation
         self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
         self.scores: dict[int, dict[str, float]] = {}  # example index -> its ROUGE, of the last evaluation
         self.kept: tuple[int, float, dict[int, str], dict] | None = None  # (step, rouge_avg, predictions, scores)
@@ -206,7 +241,8 @@ class Evaluation:
             raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
         self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
         indices = sorted(self.predictions)
-        scores = rouge_per_example([self.predictions[i] for i in indices], [self.split.references[i] for i in indices])
+        scores = rouge_per_example([self.predictions[i] for i in indices],
+                                   [self.split.references[i] for i in indices], self.drop_punctuation)
         self.scores = dict(zip(indices, scores))
         return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
 
@@ -366,8 +402,10 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
         predictions, scores = evaluation.kept[2], evaluation.kept[3]
     else:
         from transformers import EarlyStoppingCallback
+        from transformers.integrations import WandbCallback
 
         trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
+        trainer.remove_callback(WandbCallback)  # it would log train/final_*: summarize_in_wandb records them
         evaluation.order = order
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
         values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
@@ -384,7 +422,7 @@ def prepare(config: TrainConfig):
     passed = references_passed(eval_split, config)  # a marker in the shared cache, or None
     if not (passed and passed.exists()):
         try:
-            check_references(eval_split.references)
+            check_references(eval_split.references, config.rouge_drop_punctuation)
         except ValueError as error:
             raise UsageError(f"--eval_file {eval_split.source}: {error}") from None
         if passed:
@@ -435,7 +473,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     lengths = stored_lengths(eval_dataset)
     everything = eval_order(lengths, range(len(lengths)), config.sort_eval_by_length)
     per_epoch = eval_order(lengths, spread(len(lengths), config.epoch_eval_samples), config.sort_eval_by_length)
-    evaluation = Evaluation(tokenizer, eval_split, per_epoch)
+    evaluation = Evaluation(tokenizer, eval_split, per_epoch, config.rouge_drop_punctuation)
     sigterm = {"seen": False}
     stopped: dict = {}  # filled when early stopping ends training: epoch, of, reason
     trainer = trainer_class()(
@@ -477,6 +515,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
         every = range(len(eval_split.ids))
         write_predictions(output_dir / "predictions.csv", eval_split, [predictions[i] for i in every],
                           [scores[i] for i in every])
+        if config.report_to == "wandb":
+            summarize_in_wandb(record, final)
         extra["final_evaluation"] = {"epoch": record["epoch"], "step": record["step"],
                                      "examples": len(eval_split.ids), **final}
     write_summary(output_dir / "metrics.json", config, records, time.time() - started, extra)
