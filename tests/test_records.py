@@ -69,14 +69,14 @@ def test_wandb_summary_holds_the_kept_models_figures(tmp_path, monkeypatch):
     # Each epoch scores 8 of the 16 evaluation examples, the kept model all 16 (a final evaluation of its own).
     command = [sys.executable, "-m", "trainer.cli", "--model_name_or_path=builtin:tiny",
                "--train_file=builtin:sample", "--eval_file=builtin:sample", "--max_train_samples=96",
-               "--max_eval_samples=16", "--eval_max_samples=8", "--learning_rate=3e-3",
+               "--max_eval_samples=16", "--epoch_eval_samples=8", "--learning_rate=3e-3",
                "--per_device_train_batch_size=16", "--num_train_epochs=6", "--early_stopping_patience=0",
                "--num_beams=1", "--generation_max_length=40", "--report_to=wandb",
                f"--output_dir={output_dir}", f"--cache_dir={tmp_path / 'cache'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    best, last, final = metrics["best"], metrics["final"], metrics["final_evaluation"]
+    best, last, final = metrics["best"], metrics["last_epoch"], metrics["final_evaluation"]
     assert best["step"] != last["step"], "the test needs a run whose best epoch is not its last"
 
     runs = sorted(tmp_path.glob(results.OFFLINE_WANDB_RUNS))  # where the search looks for them
