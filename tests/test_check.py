@@ -106,6 +106,13 @@ def set_space(name, **space):
     return mutate
 
 
+def set_double(name, **space):
+    """The parameter as a double with this feasibleSpace (tpe.yaml writes warmup_ratio as a list)."""
+    def mutate(doc):
+        param(doc, name).update(parameterType="double", feasibleSpace=space)
+    return mutate
+
+
 def add_arg(arg):
     def mutate(doc):
         container(doc)["args"].append(arg)
@@ -218,7 +225,7 @@ BROKEN = [
      "must be a quoted string (\"true\")"),
     ("min-above-max", set_space("gradient_accumulation_steps", min="4", max="1"),
      "spec.parameters[gradient_accumulation_steps].feasibleSpace", "min 4 is above max 1"),
-    ("not-finite", set_space("warmup_ratio", min="0.0", max="inf"), "spec.parameters[warmup_ratio].feasibleSpace.max",
+    ("not-finite", set_double("warmup_ratio", min="0.0", max="inf"), "spec.parameters[warmup_ratio].feasibleSpace.max",
      "is not a finite number"),
     ("int-not-whole", set_space("num_train_epochs", min="10.5", max="30"),
      "spec.parameters[num_train_epochs].feasibleSpace.min", "is not a whole number"),
@@ -234,7 +241,7 @@ BROKEN = [
      "spec.parameters[lr_scheduler_type].feasibleSpace.list", "contains a space"),
     ("optimizer-removed", set_space("optim", list=["adamw_torch", "adamw_hf"]), "spec.parameters[optim]",
      "value 'adamw_hf' is rejected by the trainer: --optim='adamw_hf' is not an optimizer"),
-    ("warmup-out-of-range", set_space("warmup_ratio", min="0.0", max="1.0", step="0.05"),
+    ("warmup-out-of-range", set_double("warmup_ratio", min="0.0", max="1.0", step="0.05"),
      "spec.parameters[warmup_ratio]", "--warmup_ratio=1.0 must be in [0, 1)"),
     ("batch-zero", set_space("per_device_train_batch_size", list=["0", "8"]),
      "spec.parameters[per_device_train_batch_size]", "must be >= 1"),
@@ -334,6 +341,7 @@ def test_duplicate_names_in_one_stream_are_reported(tmp_path, capsys):
 def test_grid_double_axis_warns_with_katib_values(tmp_path, capsys):
     doc = good()
     as_grid(100)(doc)
+    set_double("warmup_ratio", min="0.0", max="0.2", step="0.05")(doc)
     code, lines, err = run_check(tmp_path, doc, capsys)
     assert code == 0, lines
     assert "np.arange: 0.0, 0.05, 0.1, 0.15000000000000002, 0.2" in err

@@ -226,8 +226,10 @@ def test_medianstop_stops_a_bad_trial_and_its_process_is_gone(tmp_path, fake_tra
                             early_stopping={"min_trials_required": "2", "start_step": "2"})
     out = tmp_path / "out"
     search.search(str(path), output_dir=str(out))  # two good trials set the bar
-    # Same study, one more trial whose learning rate is forced tiny: it reports 0.01, 0.02, ...
-    search.search(str(path), output_dir=str(out), max_trials=3, set="learning_rate=0.000001")
+    # Same study, one more trial that the fake makes bad (its learning rate scaled to nothing): it
+    # reports 0.01, 0.02, ... (a --set of the searched learning_rate is refused, rightly)
+    monkeypatch.setenv("FAKE_LR_SCALE", "0.000001")
+    search.search(str(path), output_dir=str(out), max_trials=3)
     study = load(out, "fake-median")
     assert states(study) == ["Succeeded", "Succeeded", "EarlyStopped"]
     good, bad = study.trials[:2], study.trials[2]

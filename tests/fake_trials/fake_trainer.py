@@ -2,7 +2,8 @@
 metric lines in the trainer's real format out, in a fraction of a second.
 
 Behaviour, from its flags:
-  --learning_rate=LR     rouge_avg at epoch e is LR + 0.01 * e (a tiny LR makes a bad trial)
+  --learning_rate=LR     rouge_avg at epoch e is LR + 0.01 * e (a tiny LR makes a bad trial;
+                         FAKE_LR_SCALE (env) multiplies it)
   --num_train_epochs=N   N evaluations, FAKE_EPOCH_SECONDS (env, default 0.05) apart
   --seed=13              one evaluation, then exit 3: a Failed trial
   --seed=14              no metric line at all, exit 0: a MetricsUnavailable trial
@@ -36,7 +37,7 @@ def main() -> int:
     save(folder, record)
     if flags.get("report_to") == "wandb":
         os.makedirs(os.path.join(folder, "wandb", f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"))
-    learning_rate = float(flags.get("learning_rate", "0.1"))
+    learning_rate = float(flags.get("learning_rate", "0.1")) * float(os.environ.get("FAKE_LR_SCALE", "1"))
     epochs = int(float(flags.get("num_train_epochs", "3")))
     seed = flags.get("seed", "42")
     pause = float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05"))
