@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from trainer.run import builtin
-from trainer.run.config import UsageError, default_cache_dir
+from trainer.run.config import UsageError
 
 # Token lengths of the real data (KoBART tokens): dialogues ~330 on average with a tail past
 # 700, summaries ~40. Drawn log-normal with these means and shape, clipped to the range.
@@ -150,13 +150,13 @@ def length_stats(lengths: list[int]) -> dict:
 
 # ---------------------------------------------------------------- model
 
-def small_bart(directory: Path, cache_dir: str) -> Path:
+def small_bart(directory: Path) -> Path:
     """A random BART of SMALL_BART's shape on the built-in tokenizer, saved as a local model."""
     import torch
     from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model(cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model())
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id, "decoder_start_token_id": tokenizer.eos_token_id,
            "forced_eos_token_id": tokenizer.eos_token_id}
@@ -170,11 +170,11 @@ def small_bart(directory: Path, cache_dir: str) -> Path:
     return directory
 
 
-def resolve_model(model: str, work: Path, cache_dir: str) -> str:
+def resolve_model(model: str, work: Path) -> str:
     if not model:
-        return str(small_bart(work / "model", cache_dir))
+        return str(small_bart(work / "model"))
     if model == builtin.TINY:
-        return str(builtin.tiny_model(cache_dir))
+        return str(builtin.tiny_model())
     if not (Path(model) / "config.json").is_file():
         raise UsageError(f"--model {model!r}: not a local model directory (no config.json); "
                          "give a saved model's directory or builtin:tiny")
@@ -414,7 +414,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     n_eval = min(eval_examples, COMPETITION["dev"])
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         work = Path(tmp)
-        model_path = resolve_model(str(model) if model else "", work, default_cache_dir())
+        model_path = resolve_model(str(model) if model else "", work)
         device, precision = device_flags()
         say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
         files, stats = make_data(model_path, work, train_examples)
