@@ -54,7 +54,7 @@ from trainer.run.config import UsageError
 
 ALGORITHMS = ("grid", "random", "tpe", "multivariate-tpe", "bayesianoptimization", "cmaes", "sobol")
 SMOKE_MAX_TRIALS = 4
-SMOKE_EPOCHS = 2
+SMOKE_EPOCH_DIVISOR = 5
 SMOKE_FLAGS = {
     "model_name_or_path": builtin.TINY,
     "train_file": builtin.SAMPLE,
@@ -62,6 +62,7 @@ SMOKE_FLAGS = {
     "max_train_samples": "128",
     "max_eval_samples": "16",
     "num_beams": "1",
+    "generation_max_length": "48",  # the sample's summaries have at most 41 tokens; an untuned model copies on
     "report_to": "none",
 }
 # Katib's trial states (the Interrupted ones are this tool's own: not counted anywhere).
@@ -98,7 +99,7 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     Args:
         path: an Experiment YAML file, a folder of them, or - for rendered kustomize output on stdin
         name: the Experiment to run when PATH holds several
-        smoke: dry run on the built-in tiny model and sample data (at most 2 epochs, 128/16 examples, 4 trials)
+        smoke: dry run on the built-in tiny model and sample data (a fifth of the epochs, 128/16 examples, 4 trials)
         max_trials: trials in all, overriding maxTrialCount
         parallel: trials at once, overriding parallelTrialCount
         storage: Optuna storage URL (default sqlite:///OUTPUT_DIR/study.db); the study is named
@@ -348,14 +349,16 @@ def show_plan(plan: Plan) -> None:
     if plan.smoke:
         searched = "num_train_epochs" in searched_flags(e)
         say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
-            f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
-            f"at {SMOKE_EPOCHS}" + (" (a searched parameter: the cap overrides it)" if searched else ""))
+            f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, generation_max_length "
+            f"{SMOKE_FLAGS['generation_max_length']}, report_to none, num_train_epochs N runs "
+            f"ceil(N/{SMOKE_EPOCH_DIVISOR}) epochs (10/20/30 -> {'/'.join(str(smoke_epochs(n)) for n in (10, 20, 30))})"
+            + (" (a searched parameter: its order is kept)" if searched else ""))
         say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
             "best hyperparameters")
         if e.early_stopping and e.early_stopping.name == "medianstop":
             start = int(e.early_stopping.settings.get("start_step", median.DEFAULT_START_STEP))
-            if start > SMOKE_EPOCHS:
-                say(f"  smoke: medianstop judges a trial from evaluation {start} on: no trial stops early here")
+            say(f"  smoke: medianstop judges a trial from evaluation {start} on: only trials of more than "
+                f"{SMOKE_EPOCH_DIVISOR * (start - 1)} epochs get that far here")
     if plan.overrides:
         say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
     if "OMP_NUM_THREADS" not in os.environ:
@@ -700,13 +703,20 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     if plan.smoke:
         flags.update(SMOKE_FLAGS)
         try:
-            epochs = float(ex.parse_flags(argv[1:]).get("num_train_epochs", SMOKE_EPOCHS))
+            epochs = float(ex.parse_flags(argv[1:]).get("num_train_epochs", config.TrainConfig.num_train_epochs))
         except ValueError:
-            epochs = SMOKE_EPOCHS
-        flags["num_train_epochs"] = ex.format_value(min(epochs, SMOKE_EPOCHS)).removesuffix(".0")
+            epochs = config.TrainConfig.num_train_epochs
+        flags["num_train_epochs"] = str(smoke_epochs(epochs))
     flags.update(plan.overrides)
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
+
+
+def smoke_epochs(epochs: float) -> int:
+    """The epochs a smoke trial runs for a trial of `epochs`: a fifth, rounded up, at least 1
+    (10/15/20/30 -> 2/3/4/6). Longer trials stay longer, so the epochs axis keeps its order, and a
+    smoke search of the Experiments (10 to 30 epochs) fits in minutes on a CPU."""
+    return max(1, math.ceil(epochs / SMOKE_EPOCH_DIVISOR))
 
 
 def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:
