@@ -4,6 +4,7 @@
     trainer check PATH...                 offline check of Katib Experiments
     trainer search EXPERIMENT.yaml        run an Experiment locally with Optuna
     trainer bench                         where a trial's time goes
+    trainer bench search                  how fast grid, random and TPE reach the grid's best
     trainer katib submit|status|trials|best   drive Katib on a cluster
 
 Each subcommand is a plain function (or class) handed to python-fire; it returns None (fire
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "check": "trainer.experiment.check:check",
     "search": "trainer.experiment.search:search",
     "bench": "trainer.bench.command:bench",
+    "bench search": "trainer.bench.search:bench_search",
     "katib": "trainer.cluster.katib:Katib",
 }
 
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def dispatch(fire, argv: list[str]) -> None:
+    two_words = " ".join(argv[:2])
+    if two_words in SUBCOMMANDS:  # trainer bench search: its own function beside `trainer bench`
+        fire.Fire({argv[1]: load(SUBCOMMANDS[two_words])}, command=argv[1:], name=f"trainer {argv[0]}")
+        return
     if argv and argv[0] in SUBCOMMANDS:
         # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
         fire.Fire({argv[0]: load(SUBCOMMANDS[argv[0]])}, command=argv, name="trainer")
