@@ -37,7 +37,7 @@ def test_synthetic_lengths_follow_the_stated_distribution(tmp_path):
     from trainer.run import builtin
     from trainer.run.model import load_tokenizer
 
-    tokenizer = load_tokenizer(str(builtin.tiny_model(tmp_path)), bench.sample_tags())
+    tokenizer = load_tokenizer(str(builtin.tiny_model()), bench.sample_tags())
     rows = bench.synthetic_rows(tokenizer, 400, "train", seed=3)
     dialogues = bench.token_counts(tokenizer, [r["dialogue"] for r in rows])
     summaries = bench.token_counts(tokenizer, [r["summary"] for r in rows])

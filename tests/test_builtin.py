@@ -1,19 +1,20 @@
 """The built-in sample data and tiny model: offline, deterministic, learnable."""
 
+import json
 import math
 import re
 
 import pandas as pd
 import pytest
 
-from trainer.run import builtin
+from trainer.run import builtin, pretrain, rouge
 
 TAG = re.compile(r"#\w+#")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return builtin.tiny_model(tmp_path_factory.mktemp("cache"))
+def tiny():
+    return builtin.tiny_model()
 
 
 def read(split, cache_dir):
@@ -103,7 +104,9 @@ def test_tiny_model_loads_with_kobart_ids(tiny):
     ids = {t: tok.convert_tokens_to_ids(t) for t in builtin.SPECIAL_TOKENS}
     assert ids == {"<s>": 0, "</s>": 1, "<usr>": 2, "<pad>": 3, "<sys>": 4, "<unk>": 5, "<mask>": 6}
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id, tok.mask_token_id) == (0, 1, 3, 5, 6)
-    assert not any(TAG.fullmatch(t) for t in tok.all_special_tokens)  # the trainer adds the tags
+    # the sample's tags are whole tokens, pretrained with the rest, but not special: the trainer marks them
+    assert all(tok.tokenize(tag) == [tag] for tag in builtin.TAGS.values())
+    assert not any(TAG.fullmatch(t) for t in tok.all_special_tokens)
 
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny, use_safetensors=True)
     c = model.config
@@ -131,37 +134,43 @@ def test_tokenizer_is_like_kobart(tiny):
     assert tok.decode(tok(text)["input_ids"]) == text
 
 
-def test_forward_with_labels_gives_finite_loss(tiny):
+def test_pretrained_model_copies_and_infills_but_has_not_learnt_the_summaries(tiny):
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from trainer.run.data import encode
+
     tok = AutoTokenizer.from_pretrained(tiny)
-    model = AutoModelForSeq2SeqLM.from_pretrained(tiny, use_safetensors=True)
-    row = builtin.examples("train")[0]
-    x = torch.tensor([[0] + tok(row["dialogue"])["input_ids"] + [1]])
-    y = torch.tensor([[0] + tok(row["summary"])["input_ids"] + [1]])
-    loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
-    assert math.isfinite(loss.item())
-    assert abs(loss.item() - math.log(len(tok))) < 1.0  # random init: about uniform over the vocab
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny, use_safetensors=True).eval()
+    row = builtin.examples("dev")[0]  # held out of the pretraining corpus too
+    dialogue, summary = (torch.tensor(encode(tok, [text], 512)) for text in (row["dialogue"], row["summary"]))
+
+    def loss(x, y):
+        with torch.no_grad():
+            return model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss.item()
+
+    ids = summary[0].tolist()  # two spans, of 3 and 2 tokens, each hidden behind one <mask>
+    holes = torch.tensor([ids[:3] + [tok.mask_token_id] + ids[6:12] + [tok.mask_token_id] + ids[14:]])
+    infilled, summarized = loss(holes, summary), loss(dialogue, summary)
+    assert infilled < 0.5 * summarized  # fills the masked spans of an unseen summary
+    assert summarized < 0.2 * math.log(len(tok))  # knows the words (random weights: about uniform)
+    generated = model.generate(dialogue, attention_mask=torch.ones_like(dialogue), num_beams=1, max_length=30)
+    start = rouge.clean_prediction(tok.decode(generated[0])).split()[:4]
+    assert start == row["dialogue"].split()[:4], start  # untuned, it copies its input
 
 
-def test_tiny_model_is_built_once(tiny):
-    weights = tiny / "model.safetensors"
-    mtimes = (tiny.stat().st_mtime_ns, weights.stat().st_mtime_ns)
-    assert builtin.tiny_model(tiny.parent.parent) == tiny
-    assert (tiny.stat().st_mtime_ns, weights.stat().st_mtime_ns) == mtimes
-    assert [p.name for p in tiny.parent.iterdir()] == ["tiny-v1"]  # no temp dirs left
+def test_shipped_tiny_model_is_what_this_code_makes(tiny):
+    tokenizer = pretrain.tiny_tokenizer()
+    assert json.loads((tiny / "recipe.json").read_text()) == pretrain.recipe(tokenizer)
+    from transformers import AutoTokenizer
+
+    from trainer.run.data import tokenizer_fingerprint
+
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny)) == tokenizer_fingerprint(tokenizer)
 
 
-def test_losing_the_build_race_uses_the_winners_copy(tmp_path, monkeypatch):
-    target = tmp_path / "builtin" / "tiny-v1"
-
-    def other_process_wins(directory):
-        (directory / "mine").write_text("loser")
-        target.mkdir()
-        (target / "theirs").write_text("winner")
-
-    monkeypatch.setattr(builtin, "build_tiny", other_process_wins)
-    assert builtin.tiny_model(tmp_path) == target
-    assert [p.name for p in target.iterdir()] == ["theirs"]
-    assert [p.name for p in target.parent.iterdir()] == ["tiny-v1"]
+def test_pretraining_is_deterministic_and_moves_the_weights():
+    tokenizer = pretrain.tiny_tokenizer()
+    fresh, a, b = (pretrain.pretrain(tokenizer, steps).state_dict() for steps in (0, 2, 2))
+    assert all(a[k].equal(b[k]) for k in a)
+    assert not fresh["model.shared.weight"].equal(a["model.shared.weight"])

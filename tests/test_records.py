@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from test_search import fake_trainer, load, write_experiment  # noqa: F401 (fake_trainer is a fixture)
+from trainer.experiment import plan as search_plan
 from trainer.experiment import results, search
 from trainer.run import train
 
@@ -140,5 +141,5 @@ def test_readme_dashboard_command_opens_the_study_make_search_writes(tmp_path, m
         "$(EXPERIMENT)", "manifests/experiments/tpe.yaml"))
     assert args == ["manifests/experiments/tpe.yaml", "--smoke"]
     monkeypatch.chdir(ROOT)
-    plan = search.make_plan(args[0], "", True, None, None, "", {}, "")
+    plan = search_plan.make_plan(args[0], "", True, None, None, "", {}, "")
     assert Path(plan.storage.removeprefix("sqlite:///")) == (ROOT / storage.removeprefix("sqlite:///")).resolve()

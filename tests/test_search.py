@@ -135,12 +135,18 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
     search.search(str(MANIFESTS / f"{manifest}.yaml"), smoke=True, max_trials=2, parallel=2,
                   set="max_train_samples=32", output_dir=str(out))
     printed = capsys.readouterr().out
+    assert "num_train_epochs N runs ceil(N/5) epochs (10/20/30 -> 2/4/6)" in printed
     experiment = ex.load_experiments([MANIFESTS / f"{manifest}.yaml"])[0]
     study = load(out, experiment.name)
     assert states(study) == ["Succeeded", "Succeeded"]
     for trial in study.trials:
-        assert math.isfinite(trial.value) and len(trial.intermediate_values) == 2  # epochs capped at 2
-        assert (out / "trials" / trial.user_attrs["trial_name"] / "metrics.json").is_file()
+        assert math.isfinite(trial.value)
+        summary = json.loads((out / "trials" / trial.user_attrs["trial_name"] / "metrics.json").read_text())
+        # a fifth of the Experiment's epochs, rounded up, each evaluated (unless the trainer's early
+        # stopping, 3 evaluations without a better score, ended a flat trial sooner)
+        epochs = math.ceil(float(trial.params["num_train_epochs"]) / 5)
+        assert summary["hyperparameters"]["num_train_epochs"] == epochs
+        assert len(trial.intermediate_values) == epochs or 4 <= len(trial.intermediate_values) < epochs
     if manifest == "grid":
         grid = ex.grid_points(experiment)
         visited = [{k: format_value(v) for k, v in t.params.items()} for t in study.trials]
@@ -564,13 +570,18 @@ def test_a_folder_of_experiments_needs_name(tmp_path):
     assert plan.experiment.name == "kobart-random" and plan.max_trials == search_plan.SMOKE_MAX_TRIALS
 
 
-def test_smoke_caps_epochs_even_when_searched(tmp_path):
+def test_smoke_scales_epochs_keeping_their_order(tmp_path):
     plan = search_plan.make_plan(MANIFESTS / "tpe.yaml", "", True, None, 2, "", {}, str(tmp_path))
-    params = search_plan.sample_assignment(plan.experiment) | {"num_train_epochs": 30}
-    flags = parse_flags(search_plan.local_argv(plan, params, "kobart-tpe-000"))
-    assert flags["num_train_epochs"] == "2" and flags["model_name_or_path"] == "builtin:tiny"
+    ran = {}
+    for epochs in (10, 15, 20, 25, 30):
+        params = search_plan.sample_assignment(plan.experiment) | {"num_train_epochs": epochs}
+        flags = parse_flags(search_plan.local_argv(plan, params, "kobart-tpe-000"))
+        ran[epochs] = flags["num_train_epochs"]
+    assert ran == {10: "2", 15: "3", 20: "4", 25: "5", 30: "6"}
+    assert flags["model_name_or_path"] == "builtin:tiny"
     assert flags["output_dir"] == str(tmp_path / "trials" / "kobart-tpe-000")
     assert (plan.parallel, plan.max_trials) == (2, search_plan.SMOKE_MAX_TRIALS)
+    assert [search_plan.smoke_epochs(e) for e in (0.5, 1, 5, 5.5, 11, 100)] == [1, 1, 1, 2, 3, 20]
 
 
 def test_cli_usage_error_is_one_line_and_help_explains_set(tmp_path):

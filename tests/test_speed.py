@@ -111,7 +111,7 @@ def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):
     from trainer.run import builtin
     from trainer.run.train import reorder_self_attention_only
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(builtin.tiny_model(tmp_path)).eval()
+    model = AutoModelForSeq2SeqLM.from_pretrained(builtin.tiny_model()).eval()
     generator = torch.Generator().manual_seed(0)
     lengths = [40, 7, 23, 60]
     input_ids = torch.full((len(lengths), max(lengths)), model.config.pad_token_id)
@@ -139,7 +139,7 @@ def test_padding_to_max_length_and_no_cache(tmp_path):
              "cache_dir": str(tmp_path), "encoder_max_len": 96, "decoder_max_len": 40, "max_train_samples": 16}
     config = build_config(flags, check_names=False)
     train_split, eval_split = load_splits(config)
-    tokenizer = load_tokenizer(str(builtin.tiny_model(tmp_path)), find_tags(train_split, eval_split))
+    tokenizer = load_tokenizer(str(builtin.tiny_model()), find_tags(train_split, eval_split))
 
     dynamic, cached = tokenized(train_split, tokenizer, config)
     assert not cached and (tmp_path / "tokenized").is_dir()

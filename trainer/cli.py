@@ -32,9 +32,11 @@ SUBCOMMANDS = {
     "katib": ("trainer.cluster.katib:Katib", "katib submit|status|trials|best",
               "drive Katib Experiments on a cluster"),
     "bench": ("trainer.bench.command:bench", "bench", "where a trial's time goes, ours against the baseline"),
+    "bench search": ("trainer.bench.search:bench_search", "bench search",
+                     "how many trial-epochs grid, random and TPE spend to reach the grid's best"),
 }
 # The pyproject extra that brings each subcommand's own packages (the image carries only a trial's).
-EXTRAS = {"search": "search"}  # katib: cluster/kube.py says it where it connects
+EXTRAS = {"search": "search", "bench search": "search"}  # katib: cluster/kube.py says it where it connects
 HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
 
 
@@ -69,11 +71,19 @@ def did_you_mean(word: str, choices) -> str:
     return f"; did you mean {match[0]}?" if match else ""
 
 
-def options_of(component, argv: list[str]) -> tuple[str, set[str]] | None:
+def find_subcommand(argv: list[str]) -> str | None:
+    """The SUBCOMMANDS key argv starts with, the longest first (`bench search` before `bench`)."""
+    for words in (2, 1):
+        key = " ".join(argv[:words])
+        if len(argv) >= words and key in SUBCOMMANDS:
+            return key
+    return None
+
+
+def options_of(component, argv: list[str], name: str) -> tuple[str, set[str]] | None:
     """(command name, its --option names) for `trainer NAME [METHOD] ...`; None where fire decides
     (a class without a method named yet: fire lists its methods)."""
     target = component
-    name = argv[0]
     if inspect.isclass(component):
         methods = [m for m in vars(component) if not m.startswith("_") and callable(getattr(component, m))]
         if len(argv) < 2 or argv[1].startswith("-"):
@@ -87,8 +97,9 @@ def options_of(component, argv: list[str]) -> tuple[str, set[str]] | None:
     return name, names
 
 
-def refuse_unknown_options(component, argv: list[str]) -> None:
-    found = options_of(component, argv)
+def refuse_unknown_options(component, argv: list[str], name: str) -> None:
+    """argv starts at the subcommand's last word; `name` is the whole subcommand (`bench search`)."""
+    found = options_of(component, argv, name)
     if found is None:
         return
     command, names = found
@@ -109,6 +120,7 @@ def tidy_help(text: str, commands: str = "") -> str:
     lines = [line for line in text.splitlines() if not line.startswith("INFO: Showing help with the command")]
     lines = [re.sub(r"^(\s+)-\w, (--\w)", r"\1\2", line) for line in lines]
     lines = [re.sub(r"^(\s+trainer(?: \w+)*) -$", r"\1 COMMAND", line) for line in lines]
+    lines = [re.sub(r"'(trainer [\w ]+)'", r"\1", line) for line in lines]  # fire quotes a name with a space
     text = "\n".join(lines).strip("\n") + "\n"
     if commands:
         text = text.replace("\nDESCRIPTION\n", f"\nCOMMANDS\n{commands}\nDESCRIPTION\n", 1)
@@ -136,31 +148,43 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", code=130)
 
 
-def fire_call(component, argv: list[str]) -> None:
+def fire_call(component, argv: list[str], name: str = "trainer") -> None:
     import fire
 
-    fire.Fire(component, command=argv, name="trainer")
+    fire.Fire(component, command=argv, name=name)
 
 
 def show_help(argv: list[str]) -> None:
     """fire's help text, captured (fire writes it to stderr and may page it) and tidied, on stdout."""
-    component = {argv[0]: load(SUBCOMMANDS[argv[0]][0], argv[0])} if argv and argv[0] in SUBCOMMANDS else train_command
-    if component is not train_command:
-        argv = argv if {"-h", "--help"} & set(argv) else [*argv, "--help"]
-        refuse_unknown_options(component[argv[0]], argv)
+    key = find_subcommand(argv)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
         with contextlib.suppress(SystemExit):
-            fire_call(component, argv)
-    print(tidy_help(captured.getvalue(), command_list() if component is train_command else ""), end="")
+            if key is None:
+                fire_call(train_command, argv)
+            else:
+                run_subcommand(key, argv if {"-h", "--help"} & set(argv) else [*argv, "--help"])
+    print(tidy_help(captured.getvalue(), command_list() if key is None else ""), end="")
+
+
+def run_subcommand(key: str, argv: list[str]) -> None:
+    """`trainer KEY ...`: only that subcommand's module is imported; fire sees its last word."""
+    words = key.split()
+    nested = [k.split()[-1] for k in SUBCOMMANDS if k.startswith(key + " ")]
+    if nested and len(argv) > len(words) and not argv[len(words)].startswith("-"):
+        word = argv[len(words)]  # not a positional value: `trainer bench serch` is a typo of a command
+        raise UsageError(f"unknown command `trainer {key} {word}`{did_you_mean(word, nested)} "
+                         f"(commands: {', '.join(nested)}, or {key}'s own --options)")
+    component = load(SUBCOMMANDS[key][0], key)
+    rest = argv[len(words) - 1:]
+    refuse_unknown_options(component, rest, key)
+    fire_call({words[-1]: component}, rest, name=" ".join(["trainer", *words[:-1]]))
 
 
 def dispatch(argv: list[str]) -> None:
-    if argv and argv[0] in SUBCOMMANDS:
-        # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
-        component = load(SUBCOMMANDS[argv[0]][0], argv[0])
-        refuse_unknown_options(component, argv)
-        fire_call({argv[0]: component}, argv)
+    key = find_subcommand(argv)
+    if key is not None:
+        run_subcommand(key, argv)
         return
     if argv and not argv[0].startswith("-"):
         raise UsageError(f"unknown command {argv[0]!r}{did_you_mean(argv[0], SUBCOMMANDS)} (commands: "

@@ -35,7 +35,6 @@ from pathlib import Path
 from trainer.bench.data import COMPETITION, SMALL_BART, TRAIN_BATCH, TRIAL, make_data, resolve_model
 from trainer.bench.figures import draw_plot, median_figures, ratios, table, trial_phases
 from trainer.errors import UsageError
-from trainer.run.config import default_cache_dir
 
 # The same settings for both sides: the guide's batch sizes, lengths and beam search. A random
 # model never says </s>, so every summary would run to the cap; 64 is about where a trained
@@ -180,7 +179,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     n_eval = min(eval_examples, COMPETITION["dev"])
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         work = Path(tmp)
-        model_path = resolve_model(str(model) if model else "", work, default_cache_dir())
+        model_path = resolve_model(str(model) if model else "", work)
         device, precision = device_flags()
         say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
         files, stats = make_data(model_path, work, train_examples)

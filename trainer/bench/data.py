@@ -110,13 +110,13 @@ def length_stats(lengths: list[int]) -> dict:
             "over_700": round(sum(n > 700 for n in ordered) / len(ordered), 3)}
 
 
-def small_bart(directory: Path, cache_dir: str) -> Path:
+def small_bart(directory: Path) -> Path:
     """A random BART of SMALL_BART's shape on the built-in tokenizer, saved as a local model."""
     import torch
     from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model(cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(builtin.tiny_model())
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id, "decoder_start_token_id": tokenizer.eos_token_id,
            "forced_eos_token_id": tokenizer.eos_token_id}
@@ -130,11 +130,11 @@ def small_bart(directory: Path, cache_dir: str) -> Path:
     return directory
 
 
-def resolve_model(model: str, work: Path, cache_dir: str) -> str:
+def resolve_model(model: str, work: Path) -> str:
     if not model:
-        return str(small_bart(work / "model", cache_dir))
+        return str(small_bart(work / "model"))
     if model == builtin.TINY:
-        return str(builtin.tiny_model(cache_dir))
+        return str(builtin.tiny_model())
     if not (Path(model) / "config.json").is_file():
         raise UsageError(f"--model {model!r}: not a local model directory (no config.json); "
                          "give a saved model's directory or builtin:tiny")

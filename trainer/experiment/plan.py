@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -19,11 +20,11 @@ from trainer.errors import UsageError
 from trainer.experiment import check, check_trial, space
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.flags import format_value, parse_flags, with_flags
+from trainer.flags import parse_flags, with_flags
 from trainer.run import builtin, config
 
 SMOKE_MAX_TRIALS = 4
-SMOKE_EPOCHS = 2
+SMOKE_EPOCH_DIVISOR = 5
 SMOKE_FLAGS = {
     "model_name_or_path": builtin.TINY,
     "train_file": builtin.SAMPLE,
@@ -31,6 +32,7 @@ SMOKE_FLAGS = {
     "max_train_samples": "128",
     "max_eval_samples": "16",
     "num_beams": "1",
+    "generation_max_length": "48",  # the sample's summaries have at most 41 tokens; an untuned model copies on
     "report_to": "none",
 }
 
@@ -214,14 +216,16 @@ def show_plan(plan: Plan) -> None:
     if plan.smoke:
         searched = "num_train_epochs" in searched_flags(e)
         say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
-            f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
-            f"at {SMOKE_EPOCHS}" + (" (a searched parameter: the cap overrides it)" if searched else ""))
+            f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, generation_max_length "
+            f"{SMOKE_FLAGS['generation_max_length']}, report_to none, num_train_epochs N runs "
+            f"ceil(N/{SMOKE_EPOCH_DIVISOR}) epochs (10/20/30 -> {'/'.join(str(smoke_epochs(n)) for n in (10, 20, 30))})"
+            + (" (a searched parameter: its order is kept)" if searched else ""))
         say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
             "best hyperparameters")
         if e.early_stopping and e.early_stopping.name == "medianstop":
             start = int(e.early_stopping.settings.get("start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
-            if start > SMOKE_EPOCHS:
-                say(f"  smoke: medianstop judges a trial from evaluation {start} on: no trial stops early here")
+            say(f"  smoke: medianstop judges a trial from evaluation {start} on: only trials of more than "
+                f"{SMOKE_EPOCH_DIVISOR * (start - 1)} epochs get that far here")
     if plan.overrides:
         say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
     if "OMP_NUM_THREADS" not in os.environ:
@@ -254,11 +258,18 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     if plan.smoke:
         flags.update(SMOKE_FLAGS)
         try:
-            epochs = float(parse_flags(argv[1:]).get("num_train_epochs", SMOKE_EPOCHS))
+            epochs = float(parse_flags(argv[1:]).get("num_train_epochs", config.TrainConfig.num_train_epochs))
         except ValueError:
-            epochs = SMOKE_EPOCHS
-        flags["num_train_epochs"] = format_value(min(epochs, SMOKE_EPOCHS)).removesuffix(".0")
+            epochs = config.TrainConfig.num_train_epochs
+        flags["num_train_epochs"] = str(smoke_epochs(epochs))
     flags.update(plan.overrides)
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
 
+
+
+def smoke_epochs(epochs: float) -> int:
+    """The epochs a smoke trial runs for a trial of `epochs`: a fifth, rounded up, at least 1
+    (10/15/20/30 -> 2/3/4/6). Longer trials stay longer, so the epochs axis keeps its order, and a
+    smoke search of the Experiments (10 to 30 epochs) fits in minutes on a CPU."""
+    return max(1, math.ceil(epochs / SMOKE_EPOCH_DIVISOR))

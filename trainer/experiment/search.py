@@ -38,7 +38,7 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     Args:
         path: an Experiment YAML file, a folder of them, or - for rendered kustomize output on stdin
         name: the Experiment to run when PATH holds several
-        smoke: dry run on the built-in tiny model and sample data (at most 2 epochs, 128/16 examples, 4 trials)
+        smoke: dry run on the built-in tiny model and sample data (a fifth of the epochs, 128/16 examples, 4 trials)
         max_trials: trials in all, overriding maxTrialCount
         parallel: trials at once, overriding parallelTrialCount
         storage: Optuna storage URL (default sqlite:///OUTPUT_DIR/study.db); the study is named

@@ -1,7 +1,8 @@
 """Built-in sample data and tiny model, so tests and a laptop search run offline.
 
     SAMPLE = "builtin:sample"   synthetic Korean dialogues in the competition CSV layout
-    TINY = "builtin:tiny"       a small random BART + a BPE tokenizer trained on the sample
+    TINY = "builtin:tiny"       a small BART pretrained on synthetic Korean text + a BPE tokenizer
+                                trained on the sample (shipped; see trainer/run/pretrain.py)
 
 Summaries are templates filled with the slot words (dishes, places, times) that the dialogue
 itself says, plus the speaker and masking tags, so a tiny model can learn them in a few epochs.
@@ -16,7 +17,6 @@ import json
 import os
 import random
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,7 +24,6 @@ SAMPLE = "builtin:sample"
 TINY = "builtin:tiny"
 
 SAMPLE_VERSION = "sample-v1"
-TINY_VERSION = "tiny-v1"
 SIZES = {"train": 400, "dev": 40}
 SEED = 20240917
 
@@ -342,6 +341,19 @@ TOPICS = {
 }
 
 
+def generate(topic: str, rng: random.Random) -> dict:
+    """One example of the topic: its row fields, the slots used, and a key naming its slot combination."""
+    turns, summary, slots = TOPICS[topic](rng)
+    values = {**TAGS, **slots}
+    return {
+        "dialogue": "\n".join(f"{who}: {fill(text, values)}" for who, text in turns),
+        "summary": fill(summary, values),
+        "topic": topic,
+        "slots": slots,
+        "key": (topic, tuple(sorted(slots.items()))),
+    }
+
+
 def examples(split: str) -> list[dict]:
     """The split's rows, with the slots used (for tests). Train and dev come from one seeded stream,
     round-robin over topics; a slot combination already used is skipped, so dev is held out."""
@@ -352,20 +364,11 @@ def examples(split: str) -> list[dict]:
     rows: dict[str, list[dict]] = {"train": [], "dev": []}
     for name in ("train", "dev"):
         while len(rows[name]) < SIZES[name]:
-            topic = list(TOPICS)[len(rows[name]) % len(TOPICS)]
-            turns, summary, slots = TOPICS[topic](rng)
-            key = (topic, tuple(sorted(slots.items())))
-            if key in seen:
+            row = generate(list(TOPICS)[len(rows[name]) % len(TOPICS)], rng)
+            if row["key"] in seen:
                 continue
-            seen.add(key)
-            values = {**TAGS, **slots}
-            rows[name].append({
-                "fname": f"{name}_{len(rows[name])}",
-                "dialogue": "\n".join(f"{who}: {fill(text, values)}" for who, text in turns),
-                "summary": fill(summary, values),
-                "topic": topic,
-                "slots": slots,
-            })
+            seen.add(row.pop("key"))
+            rows[name].append({"fname": f"{name}_{len(rows[name])}", **row})
     return rows[split]
 
 
@@ -413,52 +416,10 @@ def train_tokenizer(texts: list[str]):
     return tok
 
 
-def build_tiny(directory: Path) -> None:
-    import torch
-    from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig, PreTrainedTokenizerFast
-    from transformers.utils import logging as hf_logging
-
-    rows = examples("train")
-    tok = train_tokenizer([r["dialogue"] for r in rows] + [r["summary"] for r in rows])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", mask_token="<mask>", model_max_length=1024,
-    )
-    ids = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 3, "decoder_start_token_id": 1, "forced_eos_token_id": 1}
-    config = BartConfig(
-        vocab_size=len(tokenizer), d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        max_position_embeddings=1026, **ids,
-    )
-    with torch.random.fork_rng(devices=[]):  # deterministic weights without disturbing the caller's seed
-        torch.manual_seed(0)
-        model = BartForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(**ids, max_length=128)
-    tokenizer.save_pretrained(directory)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a trial's log is read line by line: no tqdm "\r" in it
-    try:
-        model.save_pretrained(directory, safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+TINY_DIR = Path(__file__).with_name("tiny")
 
 
-def tiny_model(cache_dir: str | Path) -> Path:
-    """<cache_dir>/builtin/tiny-v1/: tokenizer + random small BART, built once. Built in a temp dir
-    then renamed into place, so parallel trials either win the rename or use the winner's copy."""
-    target = Path(cache_dir) / "builtin" / TINY_VERSION
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}.", dir=target.parent))
-    try:
-        build_tiny(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def tiny_model() -> Path:
+    """trainer/run/tiny/: the tokenizer and the small BART pretrained by trainer/run/pretrain.py,
+    shipped with the package (1.7 MB), so no run pays for pretraining. Read only."""
+    return TINY_DIR

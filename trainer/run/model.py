@@ -12,7 +12,7 @@ BART_POSITION_OFFSET = 2
 
 def resolve_model_path(config: TrainConfig) -> str:
     if config.model_name_or_path == builtin.TINY:
-        return str(builtin.tiny_model(config.cache_dir))
+        return str(builtin.tiny_model())
     return config.model_name_or_path
 
 

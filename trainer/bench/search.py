@@ -1,0 +1,133 @@
+"""`trainer bench search`: how fast grid, random and multivariate-tpe reach the grid's best.
+
+Every search is a real `trainer search --smoke` of one Experiment (manifests/experiments/grid.yaml
+with the axes below) on the built-in task: builtin:tiny on builtin:sample, a fifth of each trial's
+epochs. The grid runs all its points without early stopping; its best rouge_avg and its trial-epochs
+(evaluations run, summed over trials) are the reference. Random and multivariate-tpe run with
+medianstop, once per seed, and stop at the goal "grid's best minus TOLERANCE". A run's cost is the
+trial-epochs of all its trials when it stops; its ratio is that over the grid's trial-epochs (None
+when the budget ran out first). The ratio of an algorithm is the mean over its seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from trainer.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID_YAML = ROOT / "manifests" / "experiments" / "grid.yaml"
+TOLERANCE = 0.01
+ALGORITHMS = ("random", "multivariate-tpe")
+AXES = {
+    "learning_rate": ["1e-5", "3e-5", "1e-4", "3e-4", "5e-4"],
+    "per_device_train_batch_size": ["16", "32"],
+    "num_train_epochs": ["10", "20"],
+}
+QUICK_AXES = {**AXES, "learning_rate": ["1e-5", "1e-4", "5e-4"]}
+# medianstop as the Experiments write it, scaled to the smoke's 2 or 4 evaluations per trial
+MEDIANSTOP = {"algorithmName": "medianstop", "algorithmSettings": [
+    {"name": "min_trials_required", "value": "2"}, {"name": "start_step", "value": "2"}]}
+
+
+def experiment(algorithm: str, axes: dict, seed: int, max_trials: int, goal: float | None) -> dict:
+    """grid.yaml with these axes, algorithm, seed and budget; medianstop and the goal for the non-grid ones."""
+    document = yaml.safe_load(GRID_YAML.read_text(encoding="utf-8"))
+    spec = document["spec"]
+    document["metadata"]["name"] = f"bench-{algorithm}-{seed}"
+    spec["algorithm"] = {"algorithmName": algorithm}
+    if algorithm != "grid":
+        spec["algorithm"]["algorithmSettings"] = [{"name": "random_state", "value": str(seed)}]
+        spec["earlyStopping"] = MEDIANSTOP
+        spec["objective"]["goal"] = goal
+    spec["parameters"] = [{"name": name, "parameterType": "discrete", "feasibleSpace": {"list": values}}
+                          for name, values in axes.items()]
+    spec["maxTrialCount"] = max_trials
+    spec["maxFailedTrialCount"] = min(spec["maxFailedTrialCount"], max_trials)
+    spec["parallelTrialCount"] = 2
+    return document
+
+
+def run_search(document: dict, work: Path) -> list[tuple[float | None, int]]:
+    """(objective, evaluations run) of each trial of one smoke search, in trial order; its output goes
+    to work/NAME.log."""
+    import optuna
+
+    from trainer.experiment import search
+
+    name = document["metadata"]["name"]
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with open(work / f"{name}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        search.search(str(path), smoke=True, max_trials=document["spec"]["maxTrialCount"], output_dir=str(work / name))
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / name / 'study.db'}")
+    return [(t.user_attrs.get("objective"), len(t.intermediate_values)) for t in study.trials]
+
+
+def cost(trials: list[tuple[float | None, int]]) -> int:
+    """Trial-epochs spent: the evaluations of every trial."""
+    return sum(epochs for _, epochs in trials)
+
+
+def reached(trials: list[tuple[float | None, int]], target: float) -> bool:
+    return any(value is not None and value >= target for value, _ in trials)
+
+
+def summarize(grid: list, runs: dict[str, list[list]]) -> dict:
+    """The JSON figures: the grid's best and cost, each run's best, cost and ratio, each algorithm's mean ratio."""
+    best = max(value for value, _ in grid if value is not None)
+    target, spent = best - TOLERANCE, cost(grid)
+    result = {"grid": {"best": best, "trial_epochs": spent, "trials": len(grid)}, "target": target,
+              "runs": {}, "ratios": {}}
+    for algorithm, seeds in runs.items():
+        rows = [{"best": max((v for v, _ in t if v is not None), default=None), "trial_epochs": cost(t),
+                 "trials": len(t), "ratio": cost(t) / spent if reached(t, target) else None} for t in seeds]
+        result["runs"][algorithm] = rows
+        ratios = [row["ratio"] for row in rows]
+        result["ratios"][algorithm] = statistics.mean(ratios) if None not in ratios else None
+    return result
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool = False) -> None:
+    """Trial-epochs that random and multivariate-tpe (with medianstop) spend to get within 0.01 of
+    the grid's best rouge_avg, over the grid's own trial-epochs, on the built-in task.
+
+    Args:
+        output: JSON file for the figures ({"grid", "runs", "ratios": {"random": r, "multivariate-tpe": t}})
+        seeds: runs of each algorithm (their random_state: 1, 2, ...)
+        quick: a 3x2x2 grid instead of 5x2x2, and 2 seeds
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"--seeds={seeds!r} must be a whole number >= 1")
+    if not str(output).endswith(".json"):
+        raise UsageError(f"--output={output!r}: give a .json path")
+    axes = QUICK_AXES if quick else AXES
+    seeds = min(seeds, 2) if quick else seeds
+    size = len(axes["learning_rate"]) * len(axes["per_device_train_batch_size"]) * len(axes["num_train_epochs"])
+    work = Path(output).resolve().with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"trainer bench search: grid of {size} points, then {', '.join(ALGORITHMS)} x {seeds} seeds; logs in {work}")
+    grid = run_search(experiment("grid", axes, 0, size, None), work)
+    best = max(value for value, _ in grid if value is not None)
+    say(f"grid: best rouge_avg={best:.4f}, {cost(grid)} trial-epochs in {len(grid)} trials")
+    runs: dict[str, list] = {}
+    for algorithm in ALGORITHMS:
+        for seed in range(1, seeds + 1):
+            trials = run_search(experiment(algorithm, axes, seed, size, best - TOLERANCE), work)
+            runs.setdefault(algorithm, []).append(trials)
+            say(f"{algorithm} seed {seed}: {cost(trials)} trial-epochs in {len(trials)} trials, "
+                f"{'reached' if reached(trials, best - TOLERANCE) else 'did not reach'} {best - TOLERANCE:.4f}")
+    result = summarize(grid, runs)
+    Path(output).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    say("ratios (trial-epochs to the grid's best - 0.01, over the grid's): " + ", ".join(
+        f"{a} {'not reached' if r is None else f'{r:.2f}'}" for a, r in result["ratios"].items()))
+    say(f"wrote {output}")
