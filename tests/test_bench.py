@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from trainer.bench import command as bench
+from trainer.bench import data as bench_data
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 KEYS = {"train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "startup_cold_s", "startup_warm_s",
@@ -37,10 +38,10 @@ def test_synthetic_lengths_follow_the_stated_distribution(tmp_path):
     from trainer.run import builtin
     from trainer.run.model import load_tokenizer
 
-    tokenizer = load_tokenizer(str(builtin.tiny_model()), bench.sample_tags())
-    rows = bench.synthetic_rows(tokenizer, 400, "train", seed=3)
-    dialogues = bench.token_counts(tokenizer, [r["dialogue"] for r in rows])
-    summaries = bench.token_counts(tokenizer, [r["summary"] for r in rows])
+    tokenizer = load_tokenizer(str(builtin.tiny_model()), bench_data.sample_tags())
+    rows = bench_data.synthetic_rows(tokenizer, 400, "train", seed=3)
+    dialogues = bench_data.token_counts(tokenizer, [r["dialogue"] for r in rows])
+    summaries = bench_data.token_counts(tokenizer, [r["summary"] for r in rows])
     assert 300 <= statistics.mean(dialogues) <= 360
     assert 0.01 <= sum(n > 700 for n in dialogues) / len(dialogues) <= 0.08  # the long tail
     assert 35 <= statistics.mean(summaries) <= 45
