@@ -1,6 +1,8 @@
 """`trainer` console script.
 
     trainer --learning_rate 3e-5 ...      one training run (the image entrypoint, every Katib trial)
+    trainer evaluate --model_name_or_path DIR ...   score a saved model with given decoding settings
+    trainer predict --model_name_or_path DIR ...    the submission CSV for a test file
     trainer check PATH...                 offline check of Katib Experiments
     trainer search EXPERIMENT.yaml        run an Experiment locally with Optuna
     trainer bench                         where a trial's time goes
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import sys
 
-from trainer.run.config import FLAGS, UsageError, help_text, unknown_flag_message
+from trainer.run.config import COMMAND_FLAGS, FLAGS, UsageError, command_signature, help_text, unknown_flag_message
 
 SUBCOMMANDS = {
+    "evaluate": "trainer.run.evaluate:evaluate_command",
+    "predict": "trainer.run.predict:predict_command",
     "check": "trainer.experiment.check:check",
     "search": "trainer.experiment.search:search",
     "bench": "trainer.bench.command:bench",
@@ -60,10 +63,15 @@ def train_command(**flags):
     run(config)
 
 
-train_command.__signature__ = inspect.Signature(
-    [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for name, f in FLAGS.items()]
-)
+train_command.__signature__ = command_signature("train")
 train_command.__doc__ = help_text()
+
+
+def check_flag_names(argv: list[str], command: str) -> None:
+    """Refuse a flag the command does not take before fire parses anything: one line, a did-you-mean."""
+    for name in flag_names(argv):
+        if name not in COMMAND_FLAGS[command] and name not in HELP_FLAGS:
+            fail(unknown_flag_message(name, command))
 
 
 def load(target: str):
@@ -87,13 +95,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def dispatch(fire, argv: list[str]) -> None:
+    if argv and argv[0] in SUBCOMMANDS and argv[0] in COMMAND_FLAGS:
+        check_flag_names(argv[1:], argv[0])
     if argv and argv[0] in SUBCOMMANDS:
         # Only the named subcommand is imported; fire still sees `trainer NAME ...` for its help.
         fire.Fire({argv[0]: load(SUBCOMMANDS[argv[0]])}, command=argv, name="trainer")
         return
-    for name in flag_names(argv):
-        if name not in FLAGS and name not in HELP_FLAGS:
-            fail(unknown_flag_message(name))
+    check_flag_names(argv, "train")
     if argv and not argv[0].startswith("-"):
         fail(f"unknown command {argv[0]!r}; commands: {', '.join(SUBCOMMANDS)}, "
              "or --flags to train (trainer --help)")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from trainer.experiment import spec as ex
-from trainer.run.config import FLAGS, UsageError, build_config, unknown_flag_message
+from trainer.run.config import COMMAND_FLAGS, UsageError, build_config, unknown_flag_message
 from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -44,6 +44,8 @@ PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 FULL_GRID_CHECK_LIMIT = 512
 # Katib joins command and args with spaces into `sh -c` without quoting.
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
+# Trainer subcommands a trial may run instead of training (the decode Experiment's evaluate).
+TRIAL_COMMANDS = ("evaluate",)
 
 
 def shell_problem(text: str) -> str | None:
@@ -662,10 +664,19 @@ def check_trial_command(e: ex.Experiment, report: Report) -> None:
         report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
                                            "(command: [trainer]; a launcher defeats early stopping)")
         return
-    check_values(e, check_arguments(argv[1:], f"{field}.args", report), report)
+    command, args = trial_command(argv)
+    check_values(e, check_arguments(args, f"{field}.args", report, command), report)
 
 
-def check_arguments(args: list[str], field: str, report: Report) -> dict[str, str]:
+def trial_command(argv: list[str]) -> tuple[str, list[str]]:
+    """(trainer command, its arguments) of a trial argv: `trainer evaluate --...` is a decoding
+    trial, checked against evaluate's flags; `trainer --...` is training."""
+    if len(argv) > 1 and argv[1] in TRIAL_COMMANDS:
+        return argv[1], argv[2:]
+    return "train", argv[1:]
+
+
+def check_arguments(args: list[str], field: str, report: Report, command: str = "train") -> dict[str, str]:
     """{flag: argument} of the usable `--flag=value` arguments; the others are reported."""
     flags = {}
     for arg in args:
@@ -675,8 +686,8 @@ def check_arguments(args: list[str], field: str, report: Report) -> dict[str, st
                                   "unquoted into sh -c); write one --flag=value per argument")
         elif not arg.startswith("--"):
             report.problem(field, f"{arg!r} is not a --flag=value argument")
-        elif name not in FLAGS:
-            report.problem(field, f"{arg!r}: {unknown_flag_message(name)}")
+        elif name not in COMMAND_FLAGS[command]:
+            report.problem(field, f"{arg!r}: {unknown_flag_message(name, command)}")
         elif name in flags:
             report.problem(field, f"--{name} is given twice")
         else:
@@ -750,7 +761,8 @@ def trainer_error(e: ex.Experiment, assignment: dict[str, str], names: list[str]
     """What the trainer says about the named flags of this assignment's trial argv (None: accepted)."""
     try:
         argv = ex.trial_args(e, assignment, f"{e.name or 'trial'}-check")
-        build_config({k: v for k, v in ex.parse_flags(argv[1:]).items() if k in names})
+        command, args = trial_command(argv)
+        build_config({k: v for k, v in ex.parse_flags(args).items() if k in names}, command=command)
     except UsageError as error:
         return str(error)
     return None

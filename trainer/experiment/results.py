@@ -16,8 +16,9 @@ from pathlib import Path
 from trainer.run import config
 from trainer.experiment.spec import format_value, parse_flags
 
-# Where a run reads and writes, not how it trains: left out of a preset.
-PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to")
+# Where a run reads and writes, not how it trains or decodes: left out of a preset.
+PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to",
+               "eval_split_part", "test_file", "output")
 IMAGE = "trainer"
 
 
@@ -77,9 +78,13 @@ def docker_line(argv: list[str], image: str = IMAGE) -> str:
 
 
 def preset_flags(argv: list[str]) -> dict:
-    """The trial's training flags, typed as the trainer reads them, without where-to-read/write flags."""
-    return {name: config.coerce(name, value) for name, value in parse_flags(argv[1:]).items()
-            if name not in PLACE_FLAGS}
+    """The trial's training and decoding flags, typed as the trainer reads them, without where-to-read/write
+    flags. Every decoding flag is written (the default where the trial had none), so the preset is the
+    whole recipe: `trainer predict --preset FILE` decodes exactly as the trial's evaluations did."""
+    flags = {name: config.coerce(name, value) for name, value in parse_flags(argv[1:]).items()
+             if name not in PLACE_FLAGS}
+    decoding = {name: flags.pop(name, config.FLAGS[name].default) for name in config.DECODING_FLAGS}
+    return {**flags, **decoding}
 
 
 def write_preset(path: str | Path, flags: dict, comments: list[str] = ()) -> Path:

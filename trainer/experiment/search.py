@@ -324,10 +324,15 @@ def validate_locally(plan: Plan) -> None:
     """One trial's flags through the trainer's own validation, and its data files on this disk,
     before any trial starts: the Experiment's pod paths (/data/...) do not exist here."""
     argv = local_argv(plan, sample_assignment(plan.experiment), f"{plan.experiment.name}-check")
-    settings = config.build_config(ex.parse_flags(argv))
+    command = trial_command(plan)
+    settings = config.build_config(ex.parse_flags(argv), command=command)
+    model = settings.model_name_or_path
+    if Path(model).is_absolute() and not Path(model).exists():
+        raise UsageError(f"--model_name_or_path={model}: no such folder here (a path inside the trial pod?); "
+                         "pass --set=model_name_or_path=PATH (a trial's best_model/ folder)")
     if settings.dataset:
         return
-    for flag in ("train_file", "eval_file"):
+    for flag in ("train_file", "eval_file") if command == "train" else ("eval_file",):
         value = getattr(settings, flag)
         if value != builtin.SAMPLE and not Path(value).is_file():
             raise UsageError(f"--{flag}={value}: no such file here (a path inside the trial pod?); pass "
@@ -345,7 +350,11 @@ def show_plan(plan: Plan) -> None:
     failing = f", stop once {plan.max_failed} have failed" if plan.max_failed is not None else ""
     say(f"  budget: {plan.max_trials} trials ({plan.budget_source}; maxTrialCount {e.max_trial_count}), "
         f"{plan.parallel} at a time{failing}")
-    if plan.smoke:
+    if plan.smoke and trial_command(plan) != "train":
+        applied = {**smoke_flags(plan), **plan.overrides}
+        say(f"  smoke: {trial_command(plan)} of {applied.get('model_name_or_path')} on {applied.get('eval_file')}, "
+            f"{applied.get('max_eval_samples', 'all')} examples")
+    elif plan.smoke:
         searched = "num_train_epochs" in searched_flags(e)
         say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
             f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
@@ -698,15 +707,28 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     argv = ex.trial_args(plan.experiment, params, name)
     flags = {"cache_dir": plan.cache_dir}
     if plan.smoke:
-        flags.update(SMOKE_FLAGS)
+        flags.update(smoke_flags(plan))
+    if plan.smoke and trial_command(plan) == "train":
         try:
             epochs = float(ex.parse_flags(argv[1:]).get("num_train_epochs", SMOKE_EPOCHS))
         except ValueError:
             epochs = SMOKE_EPOCHS
         flags["num_train_epochs"] = ex.format_value(min(epochs, SMOKE_EPOCHS)).removesuffix(".0")
-    flags.update(plan.overrides)
+    flags.update(plan.overrides)  # after the smoke flags: an explicit --set model or data wins
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
+
+
+def trial_command(plan: Plan) -> str:
+    """train, or the trainer subcommand the trials run (evaluate, for a decoding search)."""
+    return check.trial_command(ex.template_argv(plan.experiment))[0]
+
+
+def smoke_flags(plan: Plan) -> dict[str, str]:
+    """The --smoke settings the trial command takes, leaving the searched flags to the sampler
+    (a decoding search's num_beams stays searched)."""
+    accepted, searched = config.COMMAND_FLAGS[trial_command(plan)], searched_flags(plan.experiment)
+    return {k: v for k, v in SMOKE_FLAGS.items() if k in accepted and k not in searched}
 
 
 def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:

@@ -82,10 +82,10 @@ def _check_shape(references: Sequence[Sequence[str]]) -> None:
             )
 
 
-def korean_rouge(
+def per_example_rouge(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
-) -> dict[str, float]:
-    """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
+) -> list[dict[str, float]]:
+    """Each example's ROUGE-1/2/L F1 on morphemes, averaged over its references, and their rouge_avg."""
     if len(predictions) != len(references):
         raise ValueError(
             f"got {len(predictions)} predictions but {len(references)} reference lists; "
@@ -100,17 +100,29 @@ def korean_rouge(
 
     cache = _morphemes_of([*predictions, *(r for refs in references for r in refs)])
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer(cache))
-    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    rows = []
     for pred, refs in zip(predictions, references):
-        if not pred.strip():
-            continue  # scores 0 against every reference
-        for ref in refs:
-            scores = scorer.score(ref, pred)
-            for key in ROUGE_KEYS:
-                totals[key] += scores[key].fmeasure / len(refs)
-    result = {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
-    result["rouge_avg"] = sum(result[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
-    return result
+        row = dict.fromkeys(ROUGE_KEYS, 0.0)
+        if pred.strip():  # an empty prediction scores 0 against every reference
+            for ref in refs:
+                scores = scorer.score(ref, pred)
+                for key in ROUGE_KEYS:
+                    row[key] += scores[key].fmeasure / len(refs)
+        row["rouge_avg"] = sum(row[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
+        rows.append(row)
+    return rows
+
+
+def mean_rouge(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The corpus figures: each metric's mean over the examples (rouge_avg included)."""
+    return {key: sum(row[key] for row in rows) / len(rows) for key in (*ROUGE_KEYS, "rouge_avg")}
+
+
+def korean_rouge(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
+    return mean_rouge(per_example_rouge(predictions, references))
 
 
 def clean_prediction(text: str) -> str:
