@@ -725,6 +725,8 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
                 seen.add(message)
                 report.problem(f"spec.parameters[{p.name}]", f"value {value!r} is rejected by the trainer: {message}")
     points = safe_grid(e) if e.algorithm and e.algorithm.name == "grid" else []
+    if not static_error and not seen and not points:
+        check_pairs(e, base, static, by_param, report)
     if not static_error and not seen and len(points) <= FULL_GRID_CHECK_LIMIT:
         for point in points:
             message = trainer_error(e, point, list(flag_args))
@@ -732,6 +734,23 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
                 seen.add(message)
                 shown = " ".join(f"{k}={v}" for k, v in point.items())
                 report.problem("spec.parameters", f"grid point {shown} is rejected by the trainer: {message}")
+
+
+def check_pairs(e: ex.Experiment, base: dict[str, str], static: list[str], by_param: dict[str, list[str]],
+                report: Report) -> None:
+    """Every pair of two parameters' sample values together: a sampler may draw any combination,
+    and some only fail together (--num_beams=1 with a --length_penalty other than 1)."""
+    seen = set()
+    for i, p in enumerate(e.parameters):
+        for q in e.parameters[i + 1:]:
+            flags = static + by_param.get(p.name, []) + by_param.get(q.name, [])
+            for a in sample_values(e, p):
+                for b in sample_values(e, q):
+                    message = trainer_error(e, {**base, p.name: a, q.name: b}, flags)
+                    if message and message not in seen:
+                        seen.add(message)
+                        report.problem("spec.parameters", f"{p.name}={a} with {q.name}={b} is rejected by the "
+                                                          f"trainer: {message}")
 
 
 def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
