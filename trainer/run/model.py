@@ -77,9 +77,11 @@ def load_model(path: str, tokenizer, model_config, revision: str = ""):
         model = AutoModelForSeq2SeqLM.from_pretrained(path, config=model_config, revision=revision or None,
                                                       use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        hint = f" ({SAFETENSORS_HINT})" if "safetensors" in str(error) or "pytorch_model" in str(error) else ""
-        raise UsageError(f"--model_name_or_path {path!r}: cannot load safetensors weights: "
-                         f"{first_line(error)}{hint}") from None
+        if "does not appear to have a file named model.safetensors" in str(error):  # a hub repo without them
+            at = f" at --revision={revision}" if revision else " on its main branch"
+            raise UsageError(f"--model_name_or_path {path!r} has no model.safetensors{at} (only "
+                             f"pytorch_model.bin?): {SAFETENSORS_HINT}") from None
+        raise UsageError(f"--model_name_or_path {path!r}: cannot load safetensors weights: {first_line(error)}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     align_generation(model, tokenizer)
