@@ -1,5 +1,6 @@
 """Bad input ends in one clear line on stderr and exit 2, before any heavy work."""
 
+import os
 import subprocess
 import sys
 import time
@@ -72,16 +73,23 @@ def test_unknown_command():
 
 
 def test_help_lists_every_flag_with_default_quickly():
-    from trainer.run.config import FLAGS
+    from trainer.run.config import COMMAND_FLAGS, FLAGS
 
+    # the code under test, where PYTHONPATH points the installed `trainer` at it
+    kept = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
+    env = {"PAGER": "cat", "PATH": str(__import__("pathlib").Path(sys.executable).parent), **kept}
     started = time.perf_counter()
-    result = subprocess.run(["trainer", "--help"], capture_output=True, text=True, timeout=60,
-                            env={"PAGER": "cat", "PATH": str(__import__("pathlib").Path(sys.executable).parent)})
+    result = subprocess.run(["trainer", "--help"], capture_output=True, text=True, timeout=60, env=env)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0
-    for name, field in FLAGS.items():
+    for name in COMMAND_FLAGS["train"]:
         assert f"--{name}=" in result.stdout, name
-        assert field.metadata["help"] in result.stdout, name
+        assert FLAGS[name].metadata["help"] in result.stdout, name
+    assert "--test_file=" not in result.stdout  # predict's flag, not training's
+    for command in ("evaluate", "predict"):
+        shown = subprocess.run(["trainer", command, "--help"], capture_output=True, text=True, timeout=60, env=env)
+        assert shown.returncode == 0
+        assert {n for n in FLAGS if f"--{n}=" in shown.stdout} == set(COMMAND_FLAGS[command]), command
     assert "Default: 5e-05" in result.stdout
     # Not a benchmark: a generous bound that fails only if torch/transformers get imported eagerly.
     assert elapsed < 2.0, elapsed

@@ -1022,11 +1022,13 @@ def show_results(plan: Plan, study: optuna.Study, keep_models: bool) -> None:
         say("(smoke run: the trials used the built-in tiny model and sample; the line and preset below carry "
             "the Experiment's own settings)")
     say(f"run it on a GPU:\n  {results.docker_line(argv)}")
+    use = ("trainer --preset THIS_FILE --train_file=... --eval_file=..." if trial_command(plan) == "train" else
+           "trainer predict --preset THIS_FILE --model_name_or_path=... --test_file=... (or trainer evaluate)")
     preset = results.write_preset(plan.output_dir / "best.yaml", results.preset_flags(argv), [
         f"best trial {name} of Experiment {e.name}: {plan.objective}={best.user_attrs['objective']:.4f}",
-        "written by trainer search; use: trainer --preset THIS_FILE --train_file=... --eval_file=...",
+        f"written by trainer search; use: {use}",
     ])
-    say(f"preset: {preset}  (trainer --preset {preset} ...)")
+    say(f"preset: {preset}  ({use.split(' THIS_FILE')[0]} {preset} ...)")
     for path in save_plots(study, plan.output_dir):
         say(f"plot: {path}")
     if not keep_models:
