@@ -10,8 +10,9 @@
 
 Each subcommand is a plain function (or class) handed to python-fire; it returns None (fire
 would print anything else) and ends with SystemExit(code) when the exit status must say more.
-User mistakes raise config.UsageError: one line on stderr, exit 2. The training command's
-signature is generated from config.FLAGS, so --help lists every flag with its default.
+User mistakes raise config.UsageError: one line on stderr, exit 2. The training, evaluate and
+predict commands' signatures are generated from config.COMMAND_FLAGS, so --help lists each one's
+flags with their defaults, and a flag the command does not take is refused before fire parses.
 """
 
 from __future__ import annotations
