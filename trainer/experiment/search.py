@@ -356,7 +356,8 @@ def show_plan(plan: Plan) -> None:
             f"{applied.get('max_eval_samples', 'all')} examples")
     elif plan.smoke:
         searched = "num_train_epochs" in searched_flags(e)
-        say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
+        say(f"  smoke: {plan.overrides.get('model_name_or_path', builtin.TINY)} on {builtin.SAMPLE}, "
+            f"{SMOKE_FLAGS['max_train_samples']}/"
             f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, report_to none, num_train_epochs capped "
             f"at {SMOKE_EPOCHS}" + (" (a searched parameter: the cap overrides it)" if searched else ""))
         say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
