@@ -65,8 +65,8 @@ def test_folder_passes_through_the_cli():
     result = subprocess.run([*trainer_command(), "check", str(ROOT / "manifests")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == ("3 Experiments OK: kobart-grid (grid), kobart-random (random), "
-                                     "kobart-tpe (multivariate-tpe)")
+    assert result.stdout.strip() == ("4 Experiments OK: kobart-decode (multivariate-tpe), kobart-grid (grid), "
+                                     "kobart-random (random), kobart-tpe (multivariate-tpe)")
 
 
 def test_rendered_kustomize_output_on_stdin_passes():
@@ -76,7 +76,7 @@ def test_rendered_kustomize_output_on_stdin_passes():
     result = subprocess.run([*trainer_command(), "check", "-"], input=rendered, capture_output=True,
                             text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("3 Experiments OK")
+    assert result.stdout.startswith("4 Experiments OK")
 
 
 # ---------------------------------------------------------------- broken Experiments
@@ -425,3 +425,34 @@ def test_metric_filters_default_and_custom():
     assert ex.metric_filters(e) == [ex.KATIB_DEFAULT_FILTER]
     e.metrics_collector.metrics_format = [r"(\w+)=(\d+)"]
     assert ex.metric_filters(e) == [r"(\w+)=(\d+)"]
+
+
+# ---------------------------------------------------------------- the decode Experiment (trainer evaluate)
+
+
+def decode() -> dict:
+    return yaml.safe_load((EXPERIMENTS / "decode.yaml").read_text(encoding="utf-8"))
+
+
+def test_good_decode_passes(tmp_path, capsys):
+    code, lines, _ = run_check(tmp_path, decode(), capsys)
+    assert (code, lines) == (0, ["1 Experiment OK: kobart-decode (multivariate-tpe)"])
+
+
+@pytest.mark.parametrize("change, fragment", [
+    # evaluate's own flags: a training flag is refused, a typo gets evaluate's did-you-mean
+    (lambda d: container(d)["args"].append("--learning_rate=3e-5"),
+     "trainer evaluate does not take --learning_rate (a flag of training)"),
+    (lambda d: container(d)["args"].append("--min_new_token=5"), "did you mean --min_new_tokens?"),
+    # values fine alone, ignored by generate() together: one beam with a length penalty
+    (lambda d: param(d, "num_beams")["feasibleSpace"].update(list=["4", "1"]),
+     "num_beams=1 with length_penalty=0.5 is rejected by the trainer: --length_penalty=0.5 has no effect"),
+    (lambda d: param(d, "min_new_tokens")["feasibleSpace"].update(list=["0", "120"]),
+     "--min_new_tokens=120 must be below --generation_max_length=100"),
+])
+def test_broken_decode_experiment_is_rejected(tmp_path, capsys, change, fragment):
+    doc = decode()
+    change(doc)
+    code, lines, _ = run_check(tmp_path, doc, capsys)
+    assert code == 1
+    assert any(fragment in line for line in lines), lines

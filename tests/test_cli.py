@@ -75,13 +75,18 @@ def test_unknown_command():
 
 
 def test_help_lists_every_flag_with_default_without_loading_torch():
-    from trainer.run.config import FLAGS
+    from trainer.run.config import COMMAND_FLAGS, FLAGS
 
     result = run_trainer("--help")
     assert result.returncode == 0
-    for name, field in FLAGS.items():
+    for name in COMMAND_FLAGS["train"]:
         assert f"--{name}=" in result.stdout, name
-        assert field.metadata["help"] in result.stdout, name
+        assert FLAGS[name].metadata["help"] in result.stdout, name
+    assert "--test_file=" not in result.stdout  # predict's flag, not training's
+    for command in ("evaluate", "predict"):
+        shown = run_trainer(command, "--help")
+        assert shown.returncode == 0
+        assert {n for n in FLAGS if f"--{n}=" in shown.stdout} == set(COMMAND_FLAGS[command]), command
     assert "Default: 5e-05" in result.stdout
     # --help must stay instant: the heavy libraries are imported only when training starts.
     probe = subprocess.run([sys.executable, "-c", "import sys, contextlib, io\n"

@@ -304,7 +304,10 @@ def test_best_gives_a_docker_line_and_a_preset_that_trains(kube, tmp_path):
     assert yaml.safe_load(preset.read_text(encoding="utf-8")) == {
         "optim": "adamw_torch", "learning_rate": 3.2e-05, "per_device_train_batch_size": 16,
         "num_train_epochs": 20.0, "gradient_accumulation_steps": 2, "warmup_ratio": 0.1,
-        "lr_scheduler_type": "cosine", "fp16": False, "epoch_eval_samples": 250}  # the template's fixed flag
+        "lr_scheduler_type": "cosine", "fp16": False, "epoch_eval_samples": 250,  # the template's fixed flag
+        # every decoding flag, at the default the trial decoded with: the preset is the whole recipe
+        "num_beams": 4, "no_repeat_ngram_size": 2, "generation_max_length": 100, "min_new_tokens": 0,
+        "length_penalty": 1.0, "repetition_penalty": 1.0}
 
     out = tmp_path / "run"
     trained = run("--preset", str(preset), "--model_name_or_path=builtin:tiny", "--train_file=builtin:sample",

@@ -67,7 +67,7 @@ def test_both_kustomizations_render_the_same_objects(top):
     assert sorted((d["kind"], d["metadata"]["name"]) for d in base) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in top)
     assert {d["metadata"]["name"] for d in by_kind(top, "Experiment")} == {"kobart-grid", "kobart-random",
-                                                                           "kobart-tpe"}
+                                                                           "kobart-tpe", "kobart-decode"}
 
 
 @pytest.mark.parametrize("directory", ["manifests", "."])
@@ -117,9 +117,15 @@ def test_image_is_pinned_in_one_place(top):
     assert image["newTag"] not in sources and image["newName"] not in sources
 
 
+def is_decoding(e: ex.Experiment) -> bool:
+    """A decode Experiment's trial is `trainer evaluate` on a trained model; the others train."""
+    return ex.template_argv(e)[1] == "evaluate"
+
+
 def test_experiments_follow_the_issue(experiments):
     named = {e.name: e for e in experiments}
-    for e in experiments:
+    assert sorted(named) == ["kobart-decode", "kobart-grid", "kobart-random", "kobart-tpe"]
+    for e in (e for e in experiments if not is_decoding(e)):
         assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
         assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
         # a subset each epoch for the objective; final_rouge_avg is the whole dev set, once
@@ -172,6 +178,22 @@ def test_training_experiments_differ_only_in_search_space_and_args(experiments):
     assert places[0] and all(p == places[0] for p in places)
 
 
+def test_decode_experiment_searches_decoding_on_the_search_half(experiments):
+    decode = next(e for e in experiments if e.name == "kobart-decode")
+    assert is_decoding(decode)
+    assert (decode.objective.type, decode.objective.objective_metric_name) == ("maximize", "rouge_avg")
+    assert decode.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL"]  # what evaluate prints
+    assert decode.algorithm.name == "multivariate-tpe" and decode.early_stopping is None  # one report per trial
+    assert {p.name for p in decode.parameters} == {"num_beams", "length_penalty", "no_repeat_ngram_size",
+                                                   "min_new_tokens", "repetition_penalty"}
+    assert {p.parameter_type for p in decode.parameters} == {"discrete"}
+    beams = next(p for p in decode.parameters if p.name == "num_beams")
+    assert "1" not in beams.list  # length_penalty needs beam search
+    args = pod_spec(decode)["containers"][0]["args"]
+    assert "--eval_split_part=search" in args and "--eval_file=/data/dev.csv" in args
+    assert any(a.startswith("--model_name_or_path=/output/") and a.endswith("/best_model") for a in args)
+
+
 def test_trial_job_is_hardened_and_gets_one_gpu(experiments):
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     uid = int(re.search(r"^USER (\d+)", dockerfile, re.M).group(1))
@@ -197,8 +219,9 @@ def test_trial_job_is_hardened_and_gets_one_gpu(experiments):
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes[mounts["/tmp"]["name"]].get("emptyDir") is not None
         assert volumes[mounts["/cache"]["name"]]["persistentVolumeClaim"]["claimName"] == "trainer-cache"
-        secret = next(v for v in main["env"] if v["name"] == "WANDB_API_KEY")["valueFrom"]["secretKeyRef"]
-        assert secret["optional"] is True
+        if not is_decoding(e):  # training trials log to W&B; decoding trials only print their line
+            secret = next(v for v in main["env"] if v["name"] == "WANDB_API_KEY")["valueFrom"]["secretKeyRef"]
+            assert secret["optional"] is True
 
 
 # ---------------------------------------------------------------- trial commands vs the trainer
@@ -229,7 +252,10 @@ def sample_assignments(e: ex.Experiment, draws: int = 10) -> list[dict]:
 
 def test_every_trial_command_is_accepted_by_the_trainer(experiments, monkeypatch):
     """Sample trial argv through the real CLI (fire parsing + build_config); training is stubbed."""
+    from trainer.run import evaluate
+
     received = []
+    monkeypatch.setattr(evaluate, "evaluate", received.append)  # the decoding trial: scoring is stubbed
     fake_train = type(sys)("trainer.run.train")
     fake_train.run = received.append
     monkeypatch.setitem(sys.modules, "trainer.run.train", fake_train)
@@ -243,8 +269,15 @@ def test_every_trial_command_is_accepted_by_the_trainer(experiments, monkeypatch
             cli.main(argv[1:])
             [config] = received
             assert config.output_dir == f"/output/{e.name}-{number}"
-            assert config.learning_rate == pytest.approx(float(assignment["learning_rate"]))
-            assert config.train_file == "/data/train.csv" and config.eval_file == "/data/dev.csv"
+            assert config.eval_file == "/data/dev.csv"
+            if is_decoding(e):
+                assert config.num_beams == int(assignment["num_beams"])
+                assert config.length_penalty == pytest.approx(float(assignment["length_penalty"]))
+                assert config.min_new_tokens == int(assignment["min_new_tokens"])
+                assert config.eval_split_part == "search"
+            else:
+                assert config.learning_rate == pytest.approx(float(assignment["learning_rate"]))
+                assert config.train_file == "/data/train.csv"
 
 
 # ---------------------------------------------------------------- scanners

@@ -564,7 +564,7 @@ def test_experiment_rejected_by_check_is_refused(tmp_path):
 
 
 def test_a_folder_of_experiments_needs_name(tmp_path):
-    with pytest.raises(UsageError, match="holds 3 Experiments .* pick one with --name"):
+    with pytest.raises(UsageError, match="holds 4 Experiments .* pick one with --name"):
         search_plan.make_plan(MANIFESTS, "", True, None, None, "", {}, str(tmp_path))
     plan = search_plan.make_plan(MANIFESTS, "kobart-random", True, None, None, "", {}, str(tmp_path))
     assert plan.experiment.name == "kobart-random" and plan.max_trials == search_plan.SMOKE_MAX_TRIALS
@@ -582,6 +582,50 @@ def test_smoke_scales_epochs_keeping_their_order(tmp_path):
     assert flags["output_dir"] == str(tmp_path / "trials" / "kobart-tpe-000")
     assert (plan.parallel, plan.max_trials) == (2, search_plan.SMOKE_MAX_TRIALS)
     assert [search_plan.smoke_epochs(e) for e in (0.5, 1, 5, 5.5, 11, 100)] == [1, 1, 1, 2, 3, 20]
+
+
+def test_decode_search_runs_evaluate_and_an_explicit_model_wins_over_smoke(tmp_path):
+    # The Experiment's model is a path inside the pod: refused here, with the way out.
+    with pytest.raises(UsageError, match=r"--model_name_or_path=/output/kobart-tpe-best/best_model: no such folder "
+                                         r"here.*--set=model_name_or_path="):
+        search_plan.make_plan(MANIFESTS / "decode.yaml", "", False, None, None, "", {"eval_file": "builtin:sample"},
+                         str(tmp_path))
+    model = tmp_path / "best_model"
+    model.mkdir()
+    plan = search_plan.make_plan(MANIFESTS / "decode.yaml", "", True, None, None, "",
+                            {"model_name_or_path": str(model)}, str(tmp_path))
+    params = search_plan.sample_assignment(plan.experiment) | {"num_beams": "8"}
+    argv = search_plan.local_argv(plan, params, "kobart-decode-000")
+    assert argv[len(plan.entrypoint)] == "evaluate"
+    flags = parse_flags(argv)
+    assert flags["model_name_or_path"] == str(model)  # --set wins over the smoke's builtin:tiny
+    assert flags["num_beams"] == "8"  # searched: the smoke's num_beams=1 is not applied
+    assert flags["eval_file"] == "builtin:sample" and flags["eval_split_part"] == "search"
+    assert not {"train_file", "max_train_samples", "num_train_epochs"} & set(flags)  # evaluate refuses them
+    smoke = search_plan.make_plan(MANIFESTS / "decode.yaml", "", True, None, None, "", {}, str(tmp_path))
+    assert parse_flags(search_plan.local_argv(smoke, params, "t"))["model_name_or_path"] == "builtin:tiny"
+
+
+def test_smoke_decode_search_writes_a_decoding_preset(tmp_path, shared_cache, monkeypatch, capsys):
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(shared_cache))
+    out = tmp_path / "out"
+    search.search(str(MANIFESTS / "decode.yaml"), smoke=True, max_trials=2, parallel=2,
+                  set="generation_max_length=24", output_dir=str(out))
+    printed = capsys.readouterr().out
+    experiment = ex.load_experiments([MANIFESTS / "decode.yaml"])[0]
+    study = load(out, experiment.name)
+    assert states(study) == ["Succeeded", "Succeeded"]
+    best = max(study.trials, key=lambda t: t.value)
+    name = best.user_attrs["trial_name"]
+    with (out / "trials" / name / "predictions.csv").open(encoding="utf-8") as f:
+        assert next(iter(f)).strip().endswith("rouge1,rouge2,rougeL,rouge_avg")
+    docker = next(line.strip() for line in printed.splitlines() if line.strip().startswith("docker run"))
+    assert docker.startswith("docker run --gpus all trainer evaluate --num_beams=")
+    recipe = config.build_config({"preset": str(out / "best.yaml"), "model_name_or_path": "builtin:tiny"},
+                                 command="predict")
+    assert recipe.num_beams == int(best.params["num_beams"])
+    assert recipe.length_penalty == float(best.params["length_penalty"])
+    assert "trainer predict --preset" in (out / "best.yaml").read_text()
 
 
 def test_cli_usage_error_is_one_line_and_help_explains_set(tmp_path):
@@ -610,7 +654,9 @@ def test_table_docker_line_and_preset(tmp_path):
     assert results.docker_line(argv) == ("docker run --gpus all trainer --learning_rate=3e-05 --fp16=true "
                                          "--output_dir=/output/exp-000 --train_file=/data/train.csv")
     flags = results.preset_flags(argv)
-    assert flags == {"learning_rate": 3e-05, "fp16": True}
+    decoding = {"num_beams": 4, "no_repeat_ngram_size": 2, "generation_max_length": 100, "min_new_tokens": 0,
+                "length_penalty": 1.0, "repetition_penalty": 1.0}  # the defaults: the trial decoded with them
+    assert flags == {"learning_rate": 3e-05, "fp16": True, **decoding}
     path = results.write_preset(tmp_path / "best.yaml", flags, ["best trial exp-000"])
     loaded = config.build_config({"preset": str(path)}, check_names=False)
     assert (loaded.learning_rate, loaded.fp16) == (3e-05, True)

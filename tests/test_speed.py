@@ -109,7 +109,7 @@ def test_lean_beam_search_generates_what_stock_beam_search_does(tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
     from trainer.run import builtin
-    from trainer.run.train import reorder_self_attention_only
+    from trainer.run.model import reorder_self_attention_only
 
     model = AutoModelForSeq2SeqLM.from_pretrained(builtin.tiny_model()).eval()
     generator = torch.Generator().manual_seed(0)

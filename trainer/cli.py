@@ -21,10 +21,14 @@ import sys
 from trainer.console import fail
 from trainer.errors import UsageError
 from trainer.flags import flag_names
-from trainer.run.config import FLAGS, help_text, unknown_flag_message
+from trainer.run.config import COMMAND_FLAGS, FLAGS, command_signature, help_text, unknown_flag_message
 
 # name -> (where it lives, its usage, one line of what it does): the one list of subcommands.
 SUBCOMMANDS = {
+    "evaluate": ("trainer.run.evaluate:evaluate_command", "evaluate --model_name_or_path DIR ...",
+                 "score a saved model with given decoding settings (one metric line)"),
+    "predict": ("trainer.run.predict:predict_command", "predict --model_name_or_path DIR --test_file F",
+                "the submission CSV (fname,summary) for a test file"),
     "search": ("trainer.experiment.search:search", "search EXPERIMENT.yaml",
                "run a Katib Experiment on this machine with Optuna"),
     "check": ("trainer.experiment.check:check", "check PATH...",
@@ -49,9 +53,7 @@ def train_command(**flags):
     run(config)
 
 
-train_command.__signature__ = inspect.Signature(
-    [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for name, f in FLAGS.items()]
-)
+train_command.__signature__ = command_signature("train")
 train_command.__doc__ = help_text()
 
 
@@ -103,11 +105,14 @@ def refuse_unknown_options(component, argv: list[str], name: str) -> None:
     if found is None:
         return
     command, names = found
-    for name in flag_names(argv[1:]):
-        if name not in names and name not in HELP_FLAGS:
-            choices = [f"--{n}" for n in sorted(names)]
-            raise UsageError(f"unknown option --{name} of `trainer {command}`{did_you_mean('--' + name, choices)} "
-                             f"(options: {', '.join(choices) or 'none'})")
+    for name in flag_names(argv[1:], known=names):
+        if name in HELP_FLAGS or name in names:
+            continue
+        if command in COMMAND_FLAGS:  # evaluate, predict: the trainer's flags, with their own line
+            raise UsageError(unknown_flag_message(name, command))
+        choices = [f"--{n}" for n in sorted(names)]
+        raise UsageError(f"unknown option --{name} of `trainer {command}`{did_you_mean('--' + name, choices)} "
+                         f"(options: {', '.join(choices) or 'none'})")
 
 
 def short_flags(argv: list[str]) -> list[str]:
@@ -192,7 +197,7 @@ def dispatch(argv: list[str]) -> None:
     for token in short_flags(argv):
         raise UsageError(f"{token}: flags are spelled out (--fp16, --bf16, ...); run `trainer --help` for the list")
     for name in flag_names(argv, known=FLAGS):
-        if name not in FLAGS and name not in HELP_FLAGS:
+        if name not in COMMAND_FLAGS["train"] and name not in HELP_FLAGS:
             raise UsageError(unknown_flag_message(name))
     fire_call(train_command, argv)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer.console import say
 from trainer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,10 +92,6 @@ def summarize(grid: list, runs: dict[str, list[list]]) -> dict:
         ratios = [row["ratio"] for row in rows]
         result["ratios"][algorithm] = statistics.mean(ratios) if None not in ratios else None
     return result
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool = False) -> None:

@@ -387,9 +387,11 @@ def best(name: str, namespace=None, output=None, context=None) -> None:
     # The served Experiment, read by the same parser as the files: its trial command, filled in.
     argv = ex.trial_args(ex.parse_experiment(experiment, f"{ns}/{name}"), assignment, trial_name)
     path = Path(output or f"{name}-best.yaml")
+    use = (f"trainer predict --preset {path.name} --model_name_or_path=... --test_file=..." if argv[1:2] == ["evaluate"]
+           else f"trainer --preset {path.name} --train_file=... --eval_file=...")  # a decoding or a training trial
     write_preset(path, preset_flags(argv), comments=[
         f"Best trial {trial_name} of Katib Experiment {ns}/{name}: {score(experiment)}",
-        f"Run it: trainer --preset {path.name} --train_file=... --eval_file=... (explicit flags win)",
+        f"Run it: {use} (explicit flags win)",
     ])
     print(f"best trial: {trial_name}  {score(experiment)}")
     print(docker_line(argv))

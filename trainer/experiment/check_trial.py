@@ -12,7 +12,7 @@ from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.findings import Report
 from trainer.flags import flag_name, format_value, parse_flags
-from trainer.run.config import FLAGS, build_config, unknown_flag_message
+from trainer.run.config import COMMAND_FLAGS, build_config, unknown_flag_message
 from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
 
 # Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
@@ -20,6 +20,8 @@ PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 # Larger grids get their values checked one axis at a time, not every combination.
 FULL_GRID_CHECK_LIMIT = 512
 # Katib joins command and args with spaces into `sh -c` without quoting.
+# Trainer subcommands a trial may run instead of training (the decode Experiment's evaluate).
+TRIAL_COMMANDS = ("evaluate",)
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
 
@@ -166,10 +168,19 @@ def check_trial_command(e: ex.Experiment, report: Report) -> None:
         report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
                                            "(command: [trainer]; a launcher defeats early stopping)")
         return
-    check_values(e, check_arguments(argv[1:], f"{field}.args", report), report)
+    command, args = trial_command(argv)
+    check_values(e, check_arguments(args, f"{field}.args", report, command), report)
 
 
-def check_arguments(args: list[str], field: str, report: Report) -> dict[str, str]:
+def trial_command(argv: list[str]) -> tuple[str, list[str]]:
+    """(trainer command, its arguments) of a trial argv: `trainer evaluate --...` is a decoding
+    trial, checked against evaluate's flags; `trainer --...` is training."""
+    if len(argv) > 1 and argv[1] in TRIAL_COMMANDS:
+        return argv[1], argv[2:]
+    return "train", argv[1:]
+
+
+def check_arguments(args: list[str], field: str, report: Report, command: str = "train") -> dict[str, str]:
     """{flag: argument} of the usable `--flag=value` arguments; the others are reported."""
     flags = {}
     for arg in args:
@@ -179,8 +190,8 @@ def check_arguments(args: list[str], field: str, report: Report) -> dict[str, st
                                   "unquoted into sh -c); write one --flag=value per argument")
         elif not arg.startswith("--"):
             report.problem(field, f"{arg!r} is not a --flag=value argument")
-        elif name not in FLAGS:
-            report.problem(field, f"{arg!r}: {unknown_flag_message(name)}")
+        elif name not in COMMAND_FLAGS[command]:
+            report.problem(field, f"{arg!r}: {unknown_flag_message(name, command)}")
         elif name in flags:
             report.problem(field, f"--{name} is given twice")
         else:
@@ -218,6 +229,8 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
                 seen.add(message)
                 report.problem(f"spec.parameters[{p.name}]", f"value {value!r} is rejected by the trainer: {message}")
     points = safe_grid(e) if e.algorithm and e.algorithm.name == "grid" else []
+    if not static_error and not seen and not points:
+        check_pairs(e, base, static, by_param, report)
     if not static_error and not seen and len(points) <= FULL_GRID_CHECK_LIMIT:
         for point in points:
             message = trainer_error(e, point, list(flag_args))
@@ -225,6 +238,23 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
                 seen.add(message)
                 shown = " ".join(f"{k}={v}" for k, v in point.items())
                 report.problem("spec.parameters", f"grid point {shown} is rejected by the trainer: {message}")
+
+
+def check_pairs(e: ex.Experiment, base: dict[str, str], static: list[str], by_param: dict[str, list[str]],
+                report: Report) -> None:
+    """Every pair of two parameters' sample values together: a sampler may draw any combination,
+    and some only fail together (--num_beams=1 with a --length_penalty other than 1)."""
+    seen = set()
+    for i, p in enumerate(e.parameters):
+        for q in e.parameters[i + 1:]:
+            flags = static + by_param.get(p.name, []) + by_param.get(q.name, [])
+            for a in sample_values(e, p):
+                for b in sample_values(e, q):
+                    message = trainer_error(e, {**base, p.name: a, q.name: b}, flags)
+                    if message and message not in seen:
+                        seen.add(message)
+                        report.problem("spec.parameters", f"{p.name}={a} with {q.name}={b} is rejected by the "
+                                                          f"trainer: {message}")
 
 
 def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
@@ -254,7 +284,8 @@ def trainer_error(e: ex.Experiment, assignment: dict[str, str], names: list[str]
     """What the trainer says about the named flags of this assignment's trial argv (None: accepted)."""
     try:
         argv = ex.trial_args(e, assignment, f"{e.name or 'trial'}-check")
-        build_config({k: v for k, v in parse_flags(argv[1:]).items() if k in names})
+        command, args = trial_command(argv)
+        build_config({k: v for k, v in parse_flags(args).items() if k in names}, command=command)
     except UsageError as error:
         return str(error)
     return None

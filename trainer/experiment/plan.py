@@ -173,14 +173,20 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def data_flags(command: str) -> tuple[str, ...]:
+    """The data files a trial of `command` reads (training reads both; evaluate only the evaluation data)."""
+    return ("train_file", "eval_file") if command == "train" else ("eval_file",)
+
+
 def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
-    """What defines the study: the Experiment's spec, the --set overrides, --smoke, the data's content."""
+    """What defines the study: the Experiment's spec, the --set overrides (the model a decoding search
+    scores among them), --smoke, the data's content."""
     spec = json.dumps(plan.experiment.raw.get("spec"), sort_keys=True, default=str)
     if settings.dataset:
         data = {"dataset": settings.dataset}
     else:
         data = {flag: value if value == builtin.SAMPLE else fingerprint(Path(value))
-                for flag in ("train_file", "eval_file") for value in [getattr(settings, flag)]}
+                for flag in data_flags(trial_command(plan)) for value in [getattr(settings, flag)]}
     return {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
             "smoke": plan.smoke, "data": data}
 
@@ -193,8 +199,13 @@ def validate_locally(plan: Plan) -> None:
     """One trial's flags through the trainer's own validation, and its data files on this disk,
     before any trial starts: the Experiment's pod paths (/data/...) do not exist here."""
     argv = local_argv(plan, sample_assignment(plan.experiment), f"{plan.experiment.name}-check")
-    settings = config.build_config(parse_flags(argv))
-    for flag in () if settings.dataset else ("train_file", "eval_file"):
+    command = trial_command(plan)
+    settings = config.build_config(parse_flags(argv), command=command)
+    model = settings.model_name_or_path
+    if Path(model).is_absolute() and not Path(model).exists():
+        raise UsageError(f"--model_name_or_path={model}: no such folder here (a path inside the trial pod?); "
+                         "pass --set=model_name_or_path=PATH (a trial's best_model/ folder)")
+    for flag in () if settings.dataset else data_flags(command):
         value = getattr(settings, flag)
         if value != builtin.SAMPLE and not Path(value).is_file():
             raise UsageError(f"--{flag}={value}: no such file here (a path inside the trial pod?); pass "
@@ -213,9 +224,14 @@ def show_plan(plan: Plan) -> None:
     failing = f", stop once {plan.max_failed} have failed" if plan.max_failed is not None else ""
     say(f"  budget: {plan.max_trials} trials ({plan.budget_source}; maxTrialCount {e.max_trial_count}), "
         f"{plan.parallel} at a time{failing}")
-    if plan.smoke:
+    if plan.smoke and trial_command(plan) != "train":
+        applied = {**smoke_flags(plan), **plan.overrides}
+        say(f"  smoke: {trial_command(plan)} of {applied.get('model_name_or_path')} on {applied.get('eval_file')}, "
+            f"{applied.get('max_eval_samples', 'all')} examples")
+    elif plan.smoke:
         searched = "num_train_epochs" in searched_flags(e)
-        say(f"  smoke: {builtin.TINY} on {builtin.SAMPLE}, {SMOKE_FLAGS['max_train_samples']}/"
+        say(f"  smoke: {plan.overrides.get('model_name_or_path', builtin.TINY)} on {builtin.SAMPLE}, "
+            f"{SMOKE_FLAGS['max_train_samples']}/"
             f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, generation_max_length "
             f"{SMOKE_FLAGS['generation_max_length']}, report_to none, num_train_epochs N runs "
             f"ceil(N/{SMOKE_EPOCH_DIVISOR}) epochs (10/20/30 -> {'/'.join(str(smoke_epochs(n)) for n in (10, 20, 30))})"
@@ -256,15 +272,28 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     argv = ex.trial_args(plan.experiment, params, name)
     flags = {"cache_dir": plan.cache_dir}
     if plan.smoke:
-        flags.update(SMOKE_FLAGS)
+        flags.update(smoke_flags(plan))
+    if plan.smoke and trial_command(plan) == "train":
         try:
             epochs = float(parse_flags(argv[1:]).get("num_train_epochs", config.TrainConfig.num_train_epochs))
         except ValueError:
             epochs = config.TrainConfig.num_train_epochs
         flags["num_train_epochs"] = str(smoke_epochs(epochs))
-    flags.update(plan.overrides)
+    flags.update(plan.overrides)  # after the smoke flags: an explicit --set model or data wins
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
+
+
+def trial_command(plan: Plan) -> str:
+    """train, or the trainer subcommand the trials run (evaluate, for a decoding search)."""
+    return check_trial.trial_command(ex.template_argv(plan.experiment))[0]
+
+
+def smoke_flags(plan: Plan) -> dict[str, str]:
+    """The --smoke settings the trial command takes, leaving the searched flags to the sampler
+    (a decoding search's num_beams stays searched)."""
+    accepted, searched = config.COMMAND_FLAGS[trial_command(plan)], searched_flags(plan.experiment)
+    return {k: v for k, v in SMOKE_FLAGS.items() if k in accepted and k not in searched}
 
 
 

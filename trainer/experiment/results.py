@@ -22,8 +22,9 @@ from trainer.flags import format_value, parse_flags
 from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
 from trainer.run import config
 
-# Where a run reads and writes, not how it trains: left out of a preset.
-PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to")
+# Where a run reads and writes, not how it trains or decodes: left out of a preset.
+PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to",
+               "eval_split_part", "test_file", "output")
 IMAGE = "trainer"
 OFFLINE_WANDB_RUNS = "trials/*/wandb/offline-run-*"  # under output_dir: each trial's WANDB_DIR is its output_dir
 
@@ -100,9 +101,13 @@ def docker_line(argv: list[str], image: str = IMAGE) -> str:
 
 
 def preset_flags(argv: list[str]) -> dict:
-    """The trial's training flags, typed as the trainer reads them, without where-to-read/write flags."""
-    return {name: config.coerce(name, value) for name, value in parse_flags(argv[1:]).items()
-            if name not in PLACE_FLAGS}
+    """The trial's training and decoding flags, typed as the trainer reads them, without where-to-read/write
+    flags. Every decoding flag is written (the default where the trial had none), so the preset is the
+    whole recipe: `trainer predict --preset FILE` decodes exactly as the trial's evaluations did."""
+    flags = {name: config.coerce(name, value) for name, value in parse_flags(argv[1:]).items()
+             if name not in PLACE_FLAGS}
+    decoding = {name: flags.pop(name, config.FLAGS[name].default) for name in config.DECODING_FLAGS}
+    return {**flags, **decoding}
 
 
 def write_preset(path: str | Path, flags: dict, comments: list[str] = ()) -> Path:
@@ -265,7 +270,7 @@ def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_nam
 def show_results(plan, study, keep_models: bool) -> None:
     """The end of a local search: the table with each trial's interval, the best trial (or the tie)
     with its docker line and preset, trials.csv, plots."""
-    from trainer.experiment.plan import trial_dir
+    from trainer.experiment.plan import trial_command, trial_dir
     from trainer.experiment.study import INTERRUPTED
 
     e = plan.experiment
@@ -309,11 +314,13 @@ def show_results(plan, study, keep_models: bool) -> None:
         say(f"\nbest: {best.name} ({best.state}) {plan.objective}={best.objective:.4f}{interval}: "
             f"{describe(trial.params)}")
         say(f"run it on a GPU:\n  {docker_line(argv)}")
+        use = ("trainer --preset THIS_FILE --train_file=... --eval_file=..." if trial_command(plan) == "train" else
+               "trainer predict --preset THIS_FILE --model_name_or_path=... --test_file=... (or trainer evaluate)")
         preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv), [
             f"best trial {best.name} of Experiment {e.name}: {plan.objective}={best.objective:.4f}",
-            "written by trainer search; use: trainer --preset THIS_FILE --train_file=... --eval_file=...",
+            f"written by trainer search; use: {use}",
         ])
-        say(f"preset: {preset}  (trainer --preset {preset} ...)")
+        say(f"preset: {preset}  ({use.split(' THIS_FILE')[0]} {preset} ...)")
         keep = [best.name]
     if not keep_models:
         removed = remove_models(plan, keep=keep)

@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = _flag(42, "random seed for model init, data order and dropout")
     # model and data
     model_name_or_path: str = _flag("gogamza/kobart-base-v2", "hub id, local directory, or builtin:tiny")
+    revision: str = _flag("", "hub branch, tag or commit of the model (refs/pr/1: digit82/kobart-summarization's "
+                              "safetensors); empty = main")
     train_file: str = _flag("data/train.csv", "training data: CSV, JSONL, or builtin:sample")
     eval_file: str = _flag("data/dev.csv", "evaluation data: CSV, JSONL, or builtin:sample (held-out part)")
     dataset: str = _flag("", "a datasets name or saved path with train/validation splits (instead of the files)")
@@ -64,6 +66,10 @@ class TrainConfig:
     decoder_max_len: int = _flag(100, "summary tokens kept as labels")
     max_train_samples: int = _flag(0, "use only the first N training examples (0 = all)")
     max_eval_samples: int = _flag(0, "use only the first N evaluation examples (0 = all)")
+    eval_split_part: str = _flag("all", "evaluate: score all, or one fixed half of the evaluation data (search or "
+                                        "holdout, by a hash of fname), so a decoding search can be checked on the rest")
+    test_file: str = _flag("data/test.csv", "predict: dialogues to summarize (CSV/JSONL with fname and dialogue)")
+    output: str = _flag("submission.csv", "predict: the submission file written (columns fname,summary)")
     # speed (docs/performance.md: each one's measured effect)
     epoch_eval_samples: int = _flag(0, "evaluate each epoch on N evenly spaced evaluation examples and the whole "
                                      "set once at the end, printed as final_* metrics (0 = the whole set every epoch)")
@@ -76,11 +82,14 @@ class TrainConfig:
     pad_to_max_length: bool = _flag(False, "pad every example to encoder_max_len/decoder_max_len when tokenizing "
                                            "(static shapes; slower)")
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")
-    # generation (evaluation)
+    # generation (evaluation, evaluate, predict): transformers' generate() names
     num_beams: int = _flag(4, "beam size for generate() at evaluation")
     no_repeat_ngram_size: int = _flag(2, "forbid repeating n-grams of this size in generated summaries (0 = off)")
-    generation_max_length: int = _flag(100, "longest generated summary, in tokens")
-    length_penalty: float = _flag(1.0, "beam-search length penalty (> 1 favours longer summaries)")
+    generation_max_length: int = _flag(100, "longest generated summary, in tokens (with the decoder start token)")
+    # min_new_tokens, not min_length: it counts only generated tokens, whatever the decoder start is
+    min_new_tokens: int = _flag(0, "shortest generated summary, in new tokens (0 = no minimum)")
+    length_penalty: float = _flag(1.0, "beam-search length penalty (> 1 favours longer summaries; needs num_beams > 1)")
+    repetition_penalty: float = _flag(1.0, "penalty on tokens already generated (1 = off, > 1 discourages repeats)")
     # metric
     rouge_drop_punctuation: bool = _flag(False, "leave punctuation and symbols out of ROUGE (the competition's "
                                                 "text drops nothing: every morpheme counts by default)")
@@ -95,6 +104,21 @@ class TrainConfig:
 
 
 FLAGS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
+
+# Which flags each command takes. `trainer evaluate` and `trainer predict` load a saved model and
+# decode: they take the model, data, decoding and run flags and refuse the training-only ones.
+DECODING_FLAGS = ("num_beams", "no_repeat_ngram_size", "generation_max_length", "min_new_tokens",
+                  "length_penalty", "repetition_penalty")
+_DECODE_COMMON = ("model_name_or_path", "revision", "dialogue_column", "encoder_max_len",
+                  "per_device_eval_batch_size", "sort_eval_by_length", "lean_beam_search", "tf32",
+                  "cache_dir", "preset", *DECODING_FLAGS)
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "evaluate": (*_DECODE_COMMON, "eval_file", "dataset", "summary_column", "max_eval_samples",
+                 "eval_split_part", "output_dir", "rouge_drop_punctuation"),
+    "predict": (*_DECODE_COMMON, "test_file", "output"),
+}
+COMMAND_FLAGS["train"] = tuple(name for name in FLAGS if name not in ("eval_split_part", "test_file", "output"))
+EVAL_SPLIT_PARTS = ("all", "search", "holdout")
 
 # The tuning guide's three recommended settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,8 +135,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 REPORT_TO = ("none", "wandb")
 
 
-def closest_flag(name: str) -> str | None:
-    match = difflib.get_close_matches(name, FLAGS, n=1, cutoff=0.6)
+def closest_flag(name: str, names=FLAGS) -> str | None:
+    match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     return match[0] if match else None
 
 
@@ -120,11 +144,17 @@ def closest_flag(name: str) -> str | None:
 RENAMED = {"eval_max_samples": "epoch_eval_samples"}
 
 
-def unknown_flag_message(name: str) -> str:
+def unknown_flag_message(name: str, command: str = "train") -> str:
+    """The line for a flag `command` does not take: a renamed one, another command's flag, or a typo."""
     if name in RENAMED:
         return f"--{name} is now --{RENAMED[name]} ({FLAGS[RENAMED[name]].metadata['help'].split(' and ')[0]})"
-    suggestion = closest_flag(name)
-    hint = f"; did you mean --{suggestion}?" if suggestion else "; run `trainer --help` for the list"
+    accepted = COMMAND_FLAGS[command]
+    program = "trainer" if command == "train" else f"trainer {command}"
+    if name in FLAGS:
+        owners = ["training" if c == "train" else f"trainer {c}" for c, names in COMMAND_FLAGS.items() if name in names]
+        return f"{program} does not take --{name} (a flag of {' and '.join(owners)}); `{program} --help` lists its flags"
+    suggestion = closest_flag(name, accepted)
+    hint = f"; did you mean --{suggestion}?" if suggestion else f"; run `{program} --help` for the list"
     return f"unknown flag --{name}{hint}"
 
 
@@ -184,13 +214,20 @@ def load_preset(preset: str) -> dict[str, Any]:
     return values
 
 
-def build_config(flags: dict[str, Any], check_names: bool = True) -> TrainConfig:
-    """Defaults, then the preset, then the explicit flags; coerced and validated."""
+def build_config(flags: dict[str, Any], check_names: bool = True, command: str = "train") -> TrainConfig:
+    """Defaults, then the preset, then the explicit flags; coerced and validated.
+
+    A preset is a whole recipe: evaluate/predict take its decoding settings and skip its training ones."""
+    accepted = COMMAND_FLAGS[command]
+    for name in flags:
+        if name not in accepted:
+            raise UsageError(unknown_flag_message(name, command))
     preset = coerce("preset", flags.get("preset", ""))
-    merged = {**load_preset(preset), **flags}
+    from_preset = {k: v for k, v in load_preset(preset).items() if command == "train" or k in accepted}
+    merged = {**from_preset, **flags}
     values = {name: coerce(name, value) for name, value in merged.items()}
     config = TrainConfig(**values)
-    validate(config, check_names=check_names)
+    validate(config, check_names=check_names and command == "train", command=command)
     return config
 
 
@@ -212,7 +249,7 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
-def validate(config: TrainConfig, check_names: bool = True) -> None:
+def validate(config: TrainConfig, check_names: bool = True, command: str = "train") -> None:
     """Value checks that need no files; raises UsageError naming the flag and what is allowed.
 
     check_names=False skips the optimizer/scheduler lookups, which import transformers.
@@ -241,8 +278,17 @@ def validate(config: TrainConfig, check_names: bool = True) -> None:
     require(c.report_to in REPORT_TO, f"--report_to={c.report_to!r} is not one of: {', '.join(REPORT_TO)}")
     require(bool(c.output_dir), "--output_dir must not be empty")
     require(bool(c.model_name_or_path), "--model_name_or_path must not be empty")
-    require(bool(c.dataset) or (bool(c.train_file) and bool(c.eval_file)),
-            "give --train_file and --eval_file, or --dataset")
+    if command == "train":
+        require(bool(c.dataset) or (bool(c.train_file) and bool(c.eval_file)),
+                "give --train_file and --eval_file, or --dataset")
+    if command == "evaluate":
+        require(bool(c.dataset) or bool(c.eval_file), "give --eval_file, or --dataset")
+    if command == "predict":
+        require(bool(c.test_file), "--test_file must not be empty")
+        require(bool(c.output), "--output must not be empty")
+    require(c.eval_split_part in EVAL_SPLIT_PARTS,
+            f"--eval_split_part={c.eval_split_part!r} is not one of: {', '.join(EVAL_SPLIT_PARTS)}")
+    validate_decoding(c)
     if check_names:
         optimizers = optimizer_names()
         require(c.optim in optimizers,
@@ -254,8 +300,36 @@ def validate(config: TrainConfig, check_names: bool = True) -> None:
                 f"{_transformers_version()}; choose one of: {', '.join(schedulers)}")
 
 
-def help_text() -> str:
-    """The Args section of the training command's docstring, which fire turns into --help."""
-    lines = ["Fine-tune a seq2seq summarizer and print Korean ROUGE after every epoch.", "", "Args:"]
-    lines += [f"    {name}: {f.metadata['help']}" for name, f in FLAGS.items()]
+def validate_decoding(c: TrainConfig) -> None:
+    """Settings generate() would reject, or silently ignore, refused before any model loads."""
+    if c.min_new_tokens < 0:
+        raise UsageError(f"--min_new_tokens={c.min_new_tokens} must be >= 0")
+    if c.min_new_tokens >= c.generation_max_length:
+        raise UsageError(f"--min_new_tokens={c.min_new_tokens} must be below --generation_max_length="
+                         f"{c.generation_max_length} (which counts the decoder start token too)")
+    if c.repetition_penalty <= 0:
+        raise UsageError(f"--repetition_penalty={c.repetition_penalty} must be > 0 (1 = off)")
+    if c.num_beams == 1 and c.length_penalty != 1.0:
+        raise UsageError(f"--length_penalty={c.length_penalty:g} has no effect with --num_beams=1 (greedy search); "
+                         "use --num_beams >= 2 or --length_penalty=1")
+    if c.no_repeat_ngram_size and c.no_repeat_ngram_size >= c.generation_max_length:
+        raise UsageError(f"--no_repeat_ngram_size={c.no_repeat_ngram_size} must be below --generation_max_length="
+                         f"{c.generation_max_length} (0 = off)")
+
+
+def help_text(command: str = "train") -> str:
+    """The Args section of a command's docstring, which fire turns into --help."""
+    titles = {"train": "Fine-tune a seq2seq summarizer and print Korean ROUGE after every epoch.",
+              "evaluate": "Score a saved model on evaluation data with these decoding settings (one metric line).",
+              "predict": "Summarize a test file with a saved model: the submission CSV (fname,summary)."}
+    lines = [titles[command], "", "Args:"]
+    lines += [f"    {name}: {FLAGS[name].metadata['help']}" for name in COMMAND_FLAGS[command]]
     return "\n".join(lines) + "\n"
+
+
+def command_signature(command: str):
+    """A keyword-only signature of the command's flags with their defaults, for fire."""
+    import inspect
+
+    return inspect.Signature([inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=FLAGS[name].default)
+                              for name in COMMAND_FLAGS[command]])

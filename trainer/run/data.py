@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,52 @@ def load_splits(config: TrainConfig) -> tuple[Split, Split]:
     train = to_split(train_frame, config, "train_file", train_source, config.max_train_samples)
     evaluation = to_split(eval_frame, config, "eval_file", eval_source, config.max_eval_samples)
     return train, evaluation
+
+
+def load_eval_split(config: TrainConfig) -> Split:
+    """The evaluation data alone (`trainer evaluate`), limited and cut to --eval_split_part."""
+    if config.dataset:
+        _, frame, _, source = load_dataset_frames(config.dataset)
+    else:
+        resolved = resolve_data_path(config.eval_file, "dev", config.cache_dir)
+        frame, source = read_table(resolved, "eval_file"), str(resolved)
+    split = to_split(frame, config, "eval_file", source, config.max_eval_samples)
+    if config.eval_split_part == "all":
+        return split
+    kept = [i for i, ident in enumerate(split.ids) if split_part(ident) == config.eval_split_part]
+    if not kept:
+        raise UsageError(f"--eval_split_part={config.eval_split_part}: no example of {source} falls in that part")
+    return Split(ids=[split.ids[i] for i in kept], dialogues=[split.dialogues[i] for i in kept],
+                 references=[split.references[i] for i in kept], source=f"{source} ({config.eval_split_part} part)")
+
+
+def split_part(ident: str) -> str:
+    """search or holdout, fixed per example by a hash of its fname: the same example is in the same part
+    whatever the file's order or which other rows it has (about half of the examples in each)."""
+    return "search" if hashlib.sha256(ident.encode("utf-8")).digest()[0] % 2 == 0 else "holdout"
+
+
+def load_test(config: TrainConfig) -> Split:
+    """The test file for `trainer predict`: fname and dialogue columns, no summary; unique fnames."""
+    path = resolve_data_path(config.test_file, "dev", config.cache_dir)
+    frame = read_table(path, "test_file")
+    missing = [c for c in ("fname", config.dialogue_column) if c not in frame.columns]
+    if missing:
+        raise UsageError(f"--test_file {path}: missing column(s) {', '.join(missing)}; columns are: "
+                         f"{', '.join(frame.columns)} (see --dialogue_column)")
+    if len(frame) == 0:
+        raise UsageError(f"--test_file {path}: no examples")
+    ids = [str(i) for i in frame["fname"]]
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if duplicates:
+        raise UsageError(f"--test_file {path}: fname {duplicates[0]!r} appears more than once "
+                         f"({len(duplicates)} duplicated fnames); a submission has one row per fname")
+    empty = [i for i, text in zip(ids, frame[config.dialogue_column].astype(str)) if not text.strip()]
+    if empty:
+        raise UsageError(f"--test_file {path}: empty {config.dialogue_column} for fname {empty[0]!r}"
+                         f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''}")
+    return Split(ids=ids, dialogues=list(frame[config.dialogue_column].astype(str)),
+                 references=[[] for _ in ids], source=str(path))
 
 
 def find_tags(*splits: Split) -> list[str]:

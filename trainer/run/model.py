@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trainer.run import builtin
 from trainer.errors import UsageError, first_line
 from trainer.run.config import TrainConfig
 
 # BART's learned positions keep 2 slots for an offset: 1026 positions -> 1024 tokens in.
 BART_POSITION_OFFSET = 2
+SAFETENSORS_HINT = ("this trainer loads safetensors weights only (pickle-free); convert it, or pass --revision "
+                    "of a branch that has model.safetensors (digit82/kobart-summarization: --revision=refs/pr/1)")
 
 
 def resolve_model_path(config: TrainConfig) -> str:
+    """The folder or hub id to load. A local folder must hold safetensors weights: one with only
+    pytorch_model.bin (a pickle) is refused here, before anything loads."""
     if config.model_name_or_path == builtin.TINY:
-        return str(builtin.tiny_model())
-    return config.model_name_or_path
+        path = str(builtin.tiny_model())
+    else:
+        path = config.model_name_or_path
+    folder = Path(path)
+    if folder.is_dir():
+        if config.revision:
+            raise UsageError(f"--revision={config.revision} names a hub branch, tag or commit; "
+                             f"--model_name_or_path {path!r} is a local folder")
+        if not list(folder.glob("*.safetensors")) and list(folder.glob("pytorch_model*.bin")):
+            raise UsageError(f"--model_name_or_path {path!r} has only pytorch_model.bin: {SAFETENSORS_HINT}")
+    return path
 
 
-def load_model_config(path: str):
+def load_model_config(path: str, revision: str = ""):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+        return AutoConfig.from_pretrained(path, revision=revision or None, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UsageError(f"--model_name_or_path {path!r}: cannot load its config: {first_line(error)}") from None
 
@@ -32,18 +47,19 @@ def max_input_tokens(model_config) -> int | None:
     return positions - BART_POSITION_OFFSET if model_config.model_type in ("bart", "mbart") else positions
 
 
-def check_lengths(config: TrainConfig, model_config) -> None:
+def check_lengths(config: TrainConfig, model_config, flags=("encoder_max_len", "decoder_max_len",
+                                                            "generation_max_length")) -> None:
     limit = max_input_tokens(model_config)
-    for flag in ("encoder_max_len", "decoder_max_len", "generation_max_length"):
+    for flag in flags:
         value = getattr(config, flag)
         if limit is not None and value > limit:
             raise UsageError(f"--{flag}={value} exceeds the model's {limit} positions; use at most {limit}")
 
 
-def load_tokenizer(path: str, tags: list[str]):
+def load_tokenizer(path: str, tags: list[str], revision: str = ""):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision or None, trust_remote_code=False)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
         raise UsageError(f"--model_name_or_path {path!r}: tokenizer lacks bos/eos/pad tokens")
     # Special, so they are never split into pieces; decoding keeps them (see rouge.clean_prediction).
@@ -51,13 +67,17 @@ def load_tokenizer(path: str, tags: list[str]):
     return tokenizer
 
 
-def load_model(path: str, tokenizer, model_config):
+def load_model(path: str, tokenizer, model_config, revision: str = ""):
     from transformers import AutoModelForSeq2SeqLM
 
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, config=model_config, use_safetensors=True,
-                                                      trust_remote_code=False)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, config=model_config, revision=revision or None,
+                                                      use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
+        if "does not appear to have a file named model.safetensors" in str(error):  # a hub repo without them
+            at = f" at --revision={revision}" if revision else " on its main branch"
+            raise UsageError(f"--model_name_or_path {path!r} has no model.safetensors{at} (only "
+                             f"pytorch_model.bin?): {SAFETENSORS_HINT}") from None
         raise UsageError(f"--model_name_or_path {path!r}: cannot load safetensors weights: {first_line(error)}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -77,3 +97,31 @@ def align_generation(model, tokenizer) -> None:
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def set_decoding(model, config: TrainConfig) -> None:
+    """The decoding flags into the model's generation config: what training's evaluations,
+    `trainer evaluate` and `trainer predict` all generate with."""
+    generation = model.generation_config
+    generation.num_beams = config.num_beams
+    generation.no_repeat_ngram_size = config.no_repeat_ngram_size
+    generation.length_penalty = config.length_penalty
+    generation.max_length = config.generation_max_length
+    generation.min_new_tokens = config.min_new_tokens or None
+    generation.repetition_penalty = config.repetition_penalty
+    if config.lean_beam_search and model.config.is_encoder_decoder:
+        model._reorder_cache = reorder_self_attention_only
+
+
+def reorder_self_attention_only(cache, beam_idx):
+    """Beam search's cache reordering without the cross-attention half. Those keys/values come from
+    the encoder output, identical for every beam of an example, and beams are only ever reordered
+    within their example: copying them each step (batch x beams x input length x d_model, per layer)
+    changes nothing. Set as the model's _reorder_cache, which generate() calls when present."""
+    from transformers.cache_utils import EncoderDecoderCache
+
+    if isinstance(cache, EncoderDecoderCache):
+        cache.self_attention_cache.reorder_cache(beam_idx)
+    else:
+        cache.reorder_cache(beam_idx)
+    return cache

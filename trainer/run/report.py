@@ -42,11 +42,12 @@ def utc_timestamp(now: datetime | None = None) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_metric_line(metrics: dict[str, float], epoch: float, now: datetime | None = None) -> str:
+def format_metric_line(metrics: dict[str, float], epoch: float | None, now: datetime | None = None) -> str:
+    """The line; epoch None leaves epoch= out (`trainer evaluate` scores a saved model, no epoch)."""
     for name, value in metrics.items():
         if not math.isfinite(value):
-            raise NonFiniteMetric(f"metric {name} is {value} at epoch {epoch:g}")
-    pairs = [f"epoch={epoch:g}"] + [f"{name}={metrics[name]:.4f}" for name in metrics]
+            raise NonFiniteMetric(f"metric {name} is {value}" + (f" at epoch {epoch:g}" if epoch is not None else ""))
+    pairs = ([f"epoch={epoch:g}"] if epoch is not None else []) + [f"{name}={metrics[name]:.4f}" for name in metrics]
     return " ".join([utc_timestamp(now), *pairs])
 
 

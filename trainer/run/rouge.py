@@ -86,19 +86,10 @@ def _check_shape(references: Sequence[Sequence[str]]) -> None:
             )
 
 
-def korean_rouge(
-    predictions: Sequence[str], references: Sequence[Sequence[str]], drop_punctuation: bool = False
-) -> dict[str, float]:
-    """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
-    per_example = rouge_per_example(predictions, references, drop_punctuation)
-    return {key: sum(s[key] for s in per_example) / len(per_example) for key in (*ROUGE_KEYS, "rouge_avg")}
-
-
-def rouge_per_example(
+def per_example_rouge(
     predictions: Sequence[str], references: Sequence[Sequence[str]], drop_punctuation: bool = False
 ) -> list[dict[str, float]]:
-    """Each example's ROUGE-1/2/L F1 (averaged over its references) and their mean, rouge_avg:
-    the mean over examples of each is korean_rouge's figure."""
+    """Each example's ROUGE-1/2/L F1 on morphemes, averaged over its references, and their rouge_avg."""
     if len(predictions) != len(references):
         raise ValueError(
             f"got {len(predictions)} predictions but {len(references)} reference lists; "
@@ -113,17 +104,29 @@ def rouge_per_example(
 
     cache = _morphemes_of([*predictions, *(r for refs in references for r in refs)], drop_punctuation)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer(cache, drop_punctuation))
-    per_example = []
+    rows = []
     for pred, refs in zip(predictions, references):
-        example = dict.fromkeys(ROUGE_KEYS, 0.0)
+        row = dict.fromkeys(ROUGE_KEYS, 0.0)
         if pred.strip():  # an empty prediction scores 0 against every reference
             for ref in refs:
                 scores = scorer.score(ref, pred)
                 for key in ROUGE_KEYS:
-                    example[key] += scores[key].fmeasure / len(refs)
-        example["rouge_avg"] = sum(example[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
-        per_example.append(example)
-    return per_example
+                    row[key] += scores[key].fmeasure / len(refs)
+        row["rouge_avg"] = sum(row[key] for key in ROUGE_KEYS) / len(ROUGE_KEYS)
+        rows.append(row)
+    return rows
+
+
+def mean_rouge(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The corpus figures: each metric's mean over the examples (rouge_avg included)."""
+    return {key: sum(row[key] for row in rows) / len(rows) for key in (*ROUGE_KEYS, "rouge_avg")}
+
+
+def korean_rouge(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], drop_punctuation: bool = False
+) -> dict[str, float]:
+    """ROUGE-1/2/L F1 on morphemes, averaged over each example's references, then examples."""
+    return mean_rouge(per_example_rouge(predictions, references, drop_punctuation))
 
 
 def clean_prediction(text: str) -> str:

@@ -25,8 +25,9 @@ from trainer.run import report
 from trainer.errors import UsageError
 from trainer.run.config import TrainConfig, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
-from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
-from trainer.run.rouge import check_references, clean_prediction, rouge_per_example
+from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path,
+                               set_decoding)
+from trainer.run.rouge import check_references, clean_prediction, per_example_rouge
 
 EXIT_DIVERGED = 1
 EXIT_SIGTERM = 143
@@ -190,20 +191,6 @@ def trainer_class():
     return Trainer
 
 
-def reorder_self_attention_only(cache, beam_idx):
-    """Beam search's cache reordering without the cross-attention half. Those keys/values come from
-    the encoder output, identical for every beam of an example, and beams are only ever reordered
-    within their example: copying them each step (batch x beams x input length x d_model, per layer)
-    changes nothing. Set as the model's _reorder_cache, which generate() calls when present."""
-    from transformers.cache_utils import EncoderDecoderCache
-
-    if isinstance(cache, EncoderDecoderCache):
-        cache.self_attention_cache.reorder_cache(beam_idx)
-    else:
-        cache.reorder_cache(beam_idx)
-    return cache
-
-
 def spread(n: int, k: int) -> list[int]:
     """k evenly spaced indices of range(n); all of them when k is 0 or at least n."""
     if not k or k >= n:
@@ -241,7 +228,7 @@ class Evaluation:
             raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
         self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
         indices = sorted(self.predictions)
-        scores = rouge_per_example([self.predictions[i] for i in indices],
+        scores = per_example_rouge([self.predictions[i] for i in indices],
                                    [self.split.references[i] for i in indices], self.drop_punctuation)
         self.scores = dict(zip(indices, scores))
         return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
@@ -365,16 +352,17 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
-def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict[str, float]]) -> None:
-    """One row per example: its prediction, references, and its ROUGE (their mean is the reported figure)."""
+def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict] | None = None) -> None:
+    """id, prediction, the reference(s), and with `scores` each example's ROUGE columns."""
     width = max(len(refs) for refs in split.references)
     names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
     metrics = list(scores[0]) if scores else []
     with path.open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["id", "prediction", *names, *metrics])
-        for ident, prediction, refs, score in zip(split.ids, predictions, split.references, scores):
-            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)), *(f"{score[m]:.6f}" for m in metrics)])
+        for n, (ident, prediction, refs) in enumerate(zip(split.ids, predictions, split.references)):
+            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)),
+                             *(repr(scores[n][m]) for m in metrics)])
 
 
 def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
@@ -429,7 +417,7 @@ def prepare(config: TrainConfig):
             passed.parent.mkdir(parents=True, exist_ok=True)
             passed.touch()
     model_path = resolve_model_path(config)
-    model_config = load_model_config(model_path)
+    model_config = load_model_config(model_path, config.revision)
     check_lengths(config, model_config)
     return train_split, eval_split, model_path, model_config
 
@@ -444,21 +432,15 @@ def run(config: TrainConfig, callbacks=()) -> None:
 
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
 
-    tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split))
+    tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split), config.revision)
     train_dataset, train_cached = tokenized(train_split, tokenizer, config)
     eval_dataset, eval_cached = tokenized(eval_split, tokenizer, config)
     print(f"trainer: tokenized data {'from cache' if train_cached and eval_cached else 'cached now'} "
           f"in {Path(config.cache_dir) / 'tokenized'}", file=sys.stderr, flush=True)
     fp16, bf16 = resolve_precision(config)
     set_seed(config.seed)
-    model = load_model(model_path, tokenizer, model_config)
-    generation = model.generation_config
-    generation.num_beams = config.num_beams
-    generation.no_repeat_ngram_size = config.no_repeat_ngram_size
-    generation.length_penalty = config.length_penalty
-    generation.max_length = config.generation_max_length
-    if config.lean_beam_search and model.config.is_encoder_decoder:
-        model._reorder_cache = reorder_self_attention_only
+    model = load_model(model_path, tokenizer, model_config, config.revision)
+    set_decoding(model, config)
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
