@@ -146,6 +146,7 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
         # stopping, 3 evaluations without a better score, ended a flat trial sooner)
         epochs = math.ceil(float(trial.params["num_train_epochs"]) / 5)
         assert summary["hyperparameters"]["num_train_epochs"] == epochs
+        assert (summary["stopped_early"] is None) == (summary["epochs_run"] == epochs)  # early means before the end
         assert len(trial.intermediate_values) == epochs or 4 <= len(trial.intermediate_values) < epochs
     if manifest == "grid":
         grid = ex.grid_points(experiment)

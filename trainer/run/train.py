@@ -299,7 +299,9 @@ def announced_early_stopping(config: TrainConfig, stopped: dict):
     class AnnouncedEarlyStopping(EarlyStoppingCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
-            if control.should_training_stop and not stopped:
+            # Its own verdict, not should_training_stop: the Trainer sets that on the last step anyway.
+            ran_out = self.early_stopping_patience_counter >= self.early_stopping_patience
+            if ran_out and not stopped and (state.epoch or 0.0) < config.num_train_epochs:
                 epoch = round(state.epoch or 0.0, 2)
                 best = state.best_metric if state.best_metric is not None else math.nan
                 reason = (f"{report.OBJECTIVE} has not improved on {best:.4f} for {self.early_stopping_patience} "
