@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from trainer.run import report
-from trainer.run.config import TrainConfig, UsageError, cpu_count
+from trainer.run.config import TrainConfig, UsageError, check_output_dir, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
 from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
 from trainer.run.rouge import check_references, clean_prediction, korean_rouge
@@ -375,6 +375,7 @@ def prepare(config: TrainConfig):
 def run(config: TrainConfig, callbacks=()) -> None:
     """Train, evaluate every epoch, save; `callbacks` are extra TrainerCallbacks (the benchmark's probes)."""
     started = time.time()
+    check_output_dir(config.output_dir)  # before anything heavy loads
     quiet_libraries()
     train_split, eval_split, model_path, model_config = prepare(config)
     if config.report_to == "wandb":
