@@ -23,6 +23,7 @@ from trainer.run.config import TrainConfig, UsageError
 
 TAG_PATTERN = re.compile(r"#\w+#")
 CACHE_FORMAT = "tokenized-v2"
+MAX_ROWS_SHOWN = 10
 
 
 @dataclass
@@ -78,10 +79,22 @@ def to_split(frame, config: TrainConfig, flag: str, source: str, limit: int) -> 
         raise UsageError(f"--{flag} {source}: no examples")
     ids = list(frame["fname"]) if "fname" in columns else [str(i) for i in range(len(frame))]
     references = [[r for r in row if r.strip()] for row in frame[refs].astype(str).values.tolist()]
-    if not any(references):
-        raise UsageError(f"--{flag} {source}: every {config.summary_column} is empty")
-    return Split(ids=[str(i) for i in ids], dialogues=list(frame[config.dialogue_column].astype(str)),
-                 references=references, source=source)
+    dialogues = list(frame[config.dialogue_column].astype(str))
+    # Refused, not dropped: a left-out evaluation row would change what the metric measures.
+    names = ids if "fname" in columns else None
+    refuse_empty(flag, source, config.dialogue_column, [i for i, text in enumerate(dialogues) if not text.strip()], names)
+    refuse_empty(flag, source, config.summary_column, [i for i, row in enumerate(references) if not row], names)
+    return Split(ids=[str(i) for i in ids], dialogues=dialogues, references=references, source=source)
+
+
+def refuse_empty(flag: str, source: str, what: str, rows: list[int], names: list | None) -> None:
+    """One line naming the rows (1 = the first data row; with its fname) whose `what` is empty or null."""
+    if not rows:
+        return
+    shown = ", ".join(f"{i + 1} ({names[i]})" if names else str(i + 1) for i in rows[:MAX_ROWS_SHOWN])
+    more = f" and {len(rows) - MAX_ROWS_SHOWN} more" if len(rows) > MAX_ROWS_SHOWN else ""
+    noun = "row" if len(rows) == 1 else "rows"
+    raise UsageError(f"--{flag} {source}: empty {what} in {noun} {shown}{more}; fill or remove them")
 
 
 def load_frames(config: TrainConfig):
