@@ -22,7 +22,8 @@ from pathlib import Path
 from trainer.run import report
 from trainer.run.config import TrainConfig, UsageError, check_output_dir, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
-from trainer.run.model import check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path
+from trainer.run.model import (check_lengths, check_tokenizer_files, load_model, load_model_config, load_tokenizer,
+                               resolve_model_path)
 from trainer.run.rouge import check_references, clean_prediction, korean_rouge
 
 EXIT_DIVERGED = 1
@@ -367,6 +368,7 @@ def prepare(config: TrainConfig):
             passed.parent.mkdir(parents=True, exist_ok=True)
             passed.touch()
     model_path = resolve_model_path(config)
+    check_tokenizer_files(model_path)
     model_config = load_model_config(model_path)
     check_lengths(config, model_config)
     return train_split, eval_split, model_path, model_config
