@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from trainer.run.files import atomic_write
+
 SAMPLE = "builtin:sample"
 TINY = "builtin:tiny"
 
@@ -370,12 +372,6 @@ def examples(split: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- files in the cache
-
-def atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
-
 
 def sample_csv(split: str, cache_dir: str | Path) -> Path:
     """<cache_dir>/builtin/sample-v1/<split>.csv (columns fname,dialogue,summary,topic), written once."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from trainer.run import report
 from trainer.run.config import TrainConfig, UsageError, check_output_dir, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
+from trainer.run.files import atomic_write, full_disk_is_one_line
 from trainer.run.model import (check_lengths, check_tokenizer_files, load_model, load_model_config, load_tokenizer,
                                resolve_model_path)
 from trainer.run.rouge import check_references, clean_prediction, korean_rouge
@@ -295,9 +297,21 @@ def last_checkpoint(output_dir: str) -> str | None:
 
 
 def read_records(metrics_path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line a kill cut short (it cannot be parsed) is dropped with a
+    warning: its evaluation runs again on resume, or the run ends with the records before it."""
     if not metrics_path.is_file():
         return []
-    return [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, partial = [], 0
+    for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            partial += 1
+    if partial:
+        warn(f"{metrics_path}: dropped {partial} partly written record{'s' if partial > 1 else ''}")
+    return records
 
 
 def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
@@ -307,17 +321,18 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
     kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def write_predictions(path: Path, split: Split, predictions: list[str]) -> None:
     width = max(len(refs) for refs in split.references)
     names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
-    with path.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["id", "prediction", *names])
-        for ident, prediction, refs in zip(split.ids, predictions, split.references):
-            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs))])
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["id", "prediction", *names])
+    for ident, prediction, refs in zip(split.ids, predictions, split.references):
+        writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs))])
+    atomic_write(path, out.getvalue())
 
 
 def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
@@ -331,7 +346,7 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
         "hyperparameters": dataclasses.asdict(config),
         **extra,
     }
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
@@ -429,7 +444,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
     watch_sigterm(sigterm)
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with full_disk_is_one_line(config.output_dir):
+            trainer.train(resume_from_checkpoint=resume_from)
     except TrainingDiverged as error:
         print(f"trainer: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DIVERGED) from None
@@ -438,7 +454,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
               f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGTERM)
 
-    trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
+    with full_disk_is_one_line(output_dir / BEST_MODEL_DIR):
+        trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
     for checkpoint in output_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
     records = read_records(metrics_path)
