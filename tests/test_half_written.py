@@ -17,6 +17,8 @@ from trainer.run.data import Split, tokenized
 from trainer.run.model import load_tokenizer
 from trainer.run.train import keep_records_of_checkpoint, read_records
 
+from test_search import discrete, fake_trainer, write_experiment  # noqa: F401 (fake_trainer is a fixture)
+
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 
 
@@ -134,3 +136,28 @@ def test_disk_filling_during_a_checkpoint_is_one_line(tmp_path, size):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert errors == [f"trainer: error: no space left on the device holding {disk / 'out'}; free some space there "
                       "and run the same command again"]
+
+
+# ---------------------------------------------------------------- the study
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "cut short"])
+def test_a_damaged_study_is_named_and_left_as_it_is(tmp_path, fake_trainer, damage):
+    path = write_experiment(tmp_path, "fake-damaged", "random", [discrete("learning_rate", "0.1", "0.2")],
+                            max_trials=2, fixed=["--num_train_epochs=2"])
+    out = tmp_path / "out"
+    command = [*TRAINER, "search", str(path), f"--output_dir={out}"]
+    assert subprocess.run(command, capture_output=True, text=True, timeout=120).returncode == 0
+    study = out / "study.db"
+    if damage == "overwritten":
+        study.write_bytes(b"not a database at all" * 200)
+    else:
+        os.truncate(study, study.stat().st_size // 2)
+    before = study.read_bytes()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trainer: error: ")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"trainer: error: {study} is damaged ("), result.stderr
+    assert f"nothing was changed: move it away (mv {study} {study}.damaged)" in errors[0]
+    assert study.read_bytes() == before
+    assert "started" not in result.stdout, "no trial ran"

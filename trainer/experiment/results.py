@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer.run import config
 from trainer.experiment.spec import format_value, parse_flags
+from trainer.run.files import atomic_write
 
 # Where a run reads and writes, not how it trains: left out of a preset.
 PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to")
@@ -89,5 +90,5 @@ def write_preset(path: str | Path, flags: dict, comments: list[str] = ()) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in comments)
-    path.write_text(header + yaml.safe_dump(flags, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic_write(path, header + yaml.safe_dump(flags, sort_keys=False, allow_unicode=True))
     return path

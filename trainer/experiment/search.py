@@ -491,7 +491,30 @@ def make_pruner(e: ex.Experiment) -> median.MedianStopPruner | None:
     return median.from_settings(e.early_stopping.settings)  # check allows medianstop only
 
 
+def sqlite_path(storage: str) -> Path | None:
+    return Path(storage[len("sqlite:///"):]) if storage.startswith("sqlite:///") else None
+
+
+def check_study_file(storage: str) -> None:
+    """A study.db that SQLite finds damaged (cut short, overwritten) is named, never deleted or changed.
+    (Opened read-write, as Optuna would: SQLite then rolls back a journal a killed search left.)"""
+    import sqlite3
+
+    database = sqlite_path(storage)
+    if database is None or not database.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        verdict = str(error)
+    if verdict != "ok":
+        raise UsageError(f"{database} is damaged ({verdict.splitlines()[0]}); nothing was changed: move it away "
+                         f"(mv {database} {database}.damaged) to start the study over, or use another --output_dir")
+
+
 def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
+    check_study_file(plan.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
