@@ -112,21 +112,25 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir)
     sampler, pruner = make_sampler(plan), make_pruner(plan.experiment)
-    show_plan(plan)
-    study = open_study(plan, sampler, pruner)
-    recover(plan, study)
+    lock = lock_study(plan)  # held until this search ends
     try:
-        with signals_raise():
-            reason = run_search(plan, study, pruner)
-    except (KeyboardInterrupt, Terminated) as stop:
-        left = plan.max_trials - len(counted(study))
-        say(f"interrupted: {len(counted(study))} finished trials are kept in {plan.storage}; "
-            f"the same command resumes ({left} of {plan.max_trials} trials left)")
-        raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
-    say(stop_message(plan, study, reason))
-    show_results(plan, study, bool(keep_models))
-    if reason == "failed":
-        raise SystemExit(1)
+        show_plan(plan)
+        study = open_study(plan, sampler, pruner)
+        recover(plan, study)
+        try:
+            with signals_raise():
+                reason = run_search(plan, study, pruner)
+        except (KeyboardInterrupt, Terminated) as stop:
+            left = plan.max_trials - len(counted(study))
+            say(f"interrupted: {len(counted(study))} finished trials are kept in {plan.storage}; "
+                f"the same command resumes ({left} of {plan.max_trials} trials left)")
+            raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
+        say(stop_message(plan, study, reason))
+        show_results(plan, study, bool(keep_models))
+        if reason == "failed":
+            raise SystemExit(1)
+    finally:
+        lock.close()
 
 
 # ---------------------------------------------------------------- --set
@@ -493,6 +497,31 @@ def make_pruner(e: ex.Experiment) -> median.MedianStopPruner | None:
 
 def sqlite_path(storage: str) -> Path | None:
     return Path(storage[len("sqlite:///"):]) if storage.startswith("sqlite:///") else None
+
+
+def lock_study(plan: Plan):
+    """An exclusive lock beside the study (STUDY.db.lock; OUTPUT_DIR/search.lock for other storages),
+    so a second search of the same study, started even at the same moment, stops at once instead of
+    racing the first for trials and the budget. Returns the open lock file; closing it unlocks."""
+    import fcntl
+
+    database = sqlite_path(plan.storage)
+    path = database.with_name(database.name + ".lock") if database else plan.output_dir / "search.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"another trainer search (pid {holder}) is running study {plan.experiment.name} in "
+                         f"{plan.storage} (it holds {path}); wait for it, or use another --output_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def check_study_file(storage: str) -> None:
