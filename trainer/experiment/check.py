@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from trainer.experiment import spec as ex
 from trainer.run.config import FLAGS, UsageError, build_config, unknown_flag_message
-from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
+from trainer.run.report import (FILTER_TIMEOUT_S, FINAL_METRIC_NAMES, METRIC_NAMES, filter_matches,
+                                format_metric_line, parse_line)
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_NAME_LENGTH = 40
@@ -40,8 +41,13 @@ EARLY_STOPPING = ("medianstop",)
 LOWER_IS_BETTER = {"eval_loss", "final_eval_loss"}
 # Every epoch's names, then the end-of-run line's (whole-set figures under --eval_max_samples).
 PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
+# Katib's ExperimentSpec holds maxTrialCount, parallelTrialCount and maxFailedTrialCount as *int32.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # Larger grids get their values checked one axis at a time, not every combination.
 FULL_GRID_CHECK_LIMIT = 512
+# Lines a metricsFormat filter must read in bounded time: runs of these characters, PROBE_LENGTH long.
+PROBE_CHARACTERS = "a1 =-._|e+:#"
+PROBE_LENGTH = 4096
 # Katib joins command and args with spaces into `sh -c` without quoting.
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
@@ -230,7 +236,11 @@ def check_counts(e: ex.Experiment, report: Report) -> None:
     for name, value in counts.items():
         if value is not None and not _is_int(value):
             report.problem(f"spec.{name}", f"{value!r} is not an integer (write it unquoted)")
-    valid = {name: value for name, value in counts.items() if _is_int(value)}
+    for name, value in counts.items():
+        if _is_int(value) and not INT32_MIN <= value <= INT32_MAX:
+            report.problem(f"spec.{name}", f"{value} does not fit the int32 Katib stores it in "
+                                           f"({INT32_MIN}..{INT32_MAX})")
+    valid = {name: value for name, value in counts.items() if _is_int(value) and INT32_MIN <= value <= INT32_MAX}
     most, parallel, failed = (valid.get(n) for n in counts)
     if e.max_trial_count is None:
         report.problem("spec.maxTrialCount", "missing (without it the Experiment never ends by itself)")
@@ -515,6 +525,10 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
             report.warn(field, f"Katib builds this grid axis with np.arange: {', '.join(axis)}; write a discrete "
                                "list to get exactly the values you mean")
         size = size * len(axis) if size is not None else None
+    if size is not None and size > ex.MAX_GRID_POINTS:
+        report.problem("spec.parameters", f"the grid has {size} points (at most {ex.MAX_GRID_POINTS}: Katib's grid "
+                                          "service, like trainer search, lists every point for Optuna's GridSampler)")
+        return
     if size is None or not _is_int(e.max_trial_count):
         return
     if e.max_trial_count > size:
@@ -553,11 +567,30 @@ def check_collector(e: ex.Experiment, report: Report) -> None:
             return
     wanted = [n for n in ex.metric_names(e) if n in PRINTED]
     sample = format_metric_line({name: 0.5 for name in PRINTED}, epoch=1)
+    for pattern in filters:
+        slow = slow_filter_line(pattern, sample)
+        if slow:
+            report.problem(field, f"{pattern!r} takes over {FILTER_TIMEOUT_S:g} s on {slow} (nested repetition "
+                                  "backtracks; trainer search would stall on such output): simplify it")
+            return
     _, found = parse_line(sample, wanted, ex.metric_filters(e))
     missing = [n for n in wanted if n not in {name for name, _ in found}]
     if missing:
         report.problem(field, f"does not read {', '.join(missing)} from the trainer's metric line "
                               f"({sample!r})")
+
+
+def slow_filter_line(pattern: str, sample: str) -> str | None:
+    """A description of the first probe line (long runs of one character, as progress output and
+    hashes have; the metric line repeated) on which the filter exceeds its time limit, or None."""
+    probes = [(f"a line of {PROBE_LENGTH} {c!r}", c * PROBE_LENGTH + "!") for c in PROBE_CHARACTERS]
+    probes.append(("the metric line repeated", " ".join([sample] * (PROBE_LENGTH // len(sample) + 1))))
+    for description, line in probes:
+        try:
+            filter_matches(pattern, line)
+        except TimeoutError:
+            return description
+    return None
 
 
 # ---------------------------------------------------------------- trial template
