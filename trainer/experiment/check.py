@@ -52,9 +52,10 @@ PROBE_LENGTH = 4096
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
 
-def shell_problem(text: str) -> str | None:
-    """'a space' / "the shell character ';'" when `text` would not survive sh -c unquoted."""
-    match = SHELL_UNSAFE.search(ex.PARAM_REF.sub("x", text))
+def shell_problem(text: str, template: bool = True) -> str | None:
+    """'a space' / "the shell character ';'" when `text` would not survive sh -c unquoted. In a
+    template (an argument) the ${trialParameters.x} placeholders are left out: their values are checked."""
+    match = SHELL_UNSAFE.search(ex.PARAM_REF.sub("x", text) if template else text)
     if not match:
         return None
     return "a space" if match.group().isspace() else f"the shell character {match.group()!r}"
@@ -665,6 +666,8 @@ def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
             sound = False
         if "${trialParameters.%s}" % tp.name not in text:
             report.problem(label, f"not used in the trialSpec (add ${{trialParameters.{tp.name}}} to an argument)")
+        elif ex.meta_key(tp.reference):
+            check_meta_value(e, tp, label, report)
     for used in sorted(set(ex.PARAM_REF.findall(text)) - names):
         report.problem(field, f"${{trialParameters.{used}}} is used in the trialSpec but not declared here")
         sound = False
@@ -672,6 +675,20 @@ def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
         report.problem(f"spec.parameters[{name}]", "no trialParameter references it: the search would vary a "
                                                    "value no trial receives")
     return sound
+
+
+def check_meta_value(e: ex.Experiment, tp: ex.TrialParameter, label: str, report: Report) -> None:
+    """What a meta reference (${trialSpec.Annotations[x]}, Labels[x], Namespace, ...) resolves to reaches
+    `sh -c` unquoted when the trial's command or args use it: it must be as plain as a literal argument."""
+    container = ex.primary_container(e) or {}
+    argv = [str(a) for key in ("command", "args") for a in (container.get(key) or []) if isinstance(a, str)]
+    if not any("${trialParameters.%s}" % tp.name in arg for arg in argv):
+        return  # used elsewhere (an env value, a label): no shell reads it
+    value = ex.meta_value(e, tp.reference, f"{e.name}-trial")
+    problem = shell_problem(value, template=False)
+    if problem:
+        report.problem(f"{label}.reference", f"{tp.reference} resolves to {value!r}, which contains {problem}; "
+                                             "Katib puts it unquoted into the trial's sh -c command line")
 
 
 # ---------------------------------------------------------------- trial command
