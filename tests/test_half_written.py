@@ -161,3 +161,12 @@ def test_a_damaged_study_is_named_and_left_as_it_is(tmp_path, fake_trainer, dama
     assert f"nothing was changed: move it away (mv {study} {study}.damaged)" in errors[0]
     assert study.read_bytes() == before
     assert "started" not in result.stdout, "no trial ran"
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        files.atomic_write(tmp_path / "predictions.csv", "id,prediction\n")
+        assert (tmp_path / "predictions.csv").stat().st_mode & 0o777 == 0o644  # readable by the volume's others
+    finally:
+        os.umask(mask)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from trainer.run.config import UsageError
@@ -36,14 +36,15 @@ class DiskFull(UsageError):
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with handle:
-            handle.write(payload)
-        os.replace(handle.name, path)
+        # Created as open() creates files (0666 less the umask), not tempfile's 0600.
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as out:
+            out.write(payload)
+        os.replace(temporary, path)
     except BaseException as error:
-        with contextlib.suppress(OSError):  # already gone
-            os.unlink(handle.name)
+        with contextlib.suppress(OSError):  # never made, or already gone
+            os.unlink(temporary)
         if isinstance(error, OSError) and disk_full(error, path):
             raise DiskFull(path) from None
         raise
