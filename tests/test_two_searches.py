@@ -12,7 +12,9 @@ TRAINER = [sys.executable, "-m", "trainer.cli"]
 
 
 def test_two_searches_started_together_share_one_budget(tmp_path, fake_trainer, monkeypatch):
-    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")
+    # Trials long enough (9 s in all) that the first search still holds the study when the second,
+    # started with it, has read its Experiment, also on a loaded machine.
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "1")
     path = write_experiment(tmp_path, "fake-twice", "random", [discrete("learning_rate", "0.1", "0.2", "0.3")],
                             max_trials=3, fixed=["--num_train_epochs=3"])
     out = tmp_path / "out"
