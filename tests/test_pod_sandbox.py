@@ -30,15 +30,16 @@ def sandbox_command(output: Path, cache: Path, argv: list[str]) -> list[str]:
             command += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
         elif Path(f"/{name}").is_dir():
             command += ["--ro-bind", f"/{name}", f"/{name}"]
-    made = set()
+    # /tmp first: a checkout under /tmp is then bound into it rather than hidden by it.
+    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    made = {Path("/tmp")}
     for path in readable:
         for parent in reversed(path.parents[:-1]):  # bwrap would make them 0700: the user could not pass
             if parent not in made:
                 command += ["--perms", "0755", "--dir", str(parent)]
                 made.add(parent)
         command += ["--ro-bind", str(path), str(path)]
-    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
-                "--dir", "/output", "--bind", str(output), "/output", "--dir", "/cache", "--bind", str(cache), "/cache",
+    command += ["--dir", "/output", "--bind", str(output), "/output", "--dir", "/cache", "--bind", str(cache), "/cache",
                 "--remount-ro", "/", "--clearenv", "--setenv", "HOME", "/tmp",
                 "--setenv", "PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin", "--setenv", "PYTHONPATH", str(ROOT),
                 "--setenv", "TRAINER_CACHE_DIR", "/cache", "--chdir", "/tmp", "--",
