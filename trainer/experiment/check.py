@@ -182,7 +182,12 @@ def check_counts(e: ex.Experiment, report: Report) -> None:
     for name, value in counts.items():
         if value is not None and not ex.is_int(value):
             report.problem(f"spec.{name}", f"{value!r} is not an integer (write it unquoted)")
-    valid = {name: value for name, value in counts.items() if ex.is_int(value)}
+    for name, value in counts.items():
+        if ex.is_int(value) and not vocab.INT32_MIN <= value <= vocab.INT32_MAX:
+            report.problem(f"spec.{name}", f"{value} does not fit the int32 Katib stores it in "
+                                           f"({vocab.INT32_MIN}..{vocab.INT32_MAX})")
+    valid = {name: value for name, value in counts.items()
+             if ex.is_int(value) and vocab.INT32_MIN <= value <= vocab.INT32_MAX}
     most, parallel, failed = (valid.get(n) for n in counts)
     if e.max_trial_count is None:
         report.problem("spec.maxTrialCount", "missing (without it the Experiment never ends by itself)")

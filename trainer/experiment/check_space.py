@@ -132,6 +132,10 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
             report.warn(field, f"Katib builds this grid axis with np.arange: {', '.join(axis)}; write a discrete "
                                "list to get exactly the values you mean")
         size = size * len(axis) if size is not None else None
+    if size is not None and size > ex.MAX_GRID_POINTS:
+        report.problem("spec.parameters", f"the grid has {size} points (at most {ex.MAX_GRID_POINTS}: Katib's grid "
+                                          "service, like trainer search, lists every point for Optuna's GridSampler)")
+        return
     if size is None or not ex.is_int(e.max_trial_count):
         return
     if e.max_trial_count > size:

@@ -13,21 +13,26 @@ from trainer.experiment import vocabulary as vocab
 from trainer.experiment.findings import Report
 from trainer.flags import flag_name, format_value, parse_flags
 from trainer.run.config import COMMAND_FLAGS, build_config, unknown_flag_message
-from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES, format_metric_line, parse_line
+from trainer.run.report import (FILTER_TIMEOUT_S, FINAL_METRIC_NAMES, METRIC_NAMES, filter_matches,
+                                format_metric_line, parse_line)
 
 # Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
 PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 # Larger grids get their values checked one axis at a time, not every combination.
 FULL_GRID_CHECK_LIMIT = 512
+# Lines a metricsFormat filter must read in bounded time: runs of these characters, PROBE_LENGTH long.
+PROBE_CHARACTERS = "a1 =-._|e+:#"
+PROBE_LENGTH = 4096
 # Katib joins command and args with spaces into `sh -c` without quoting.
 # Trainer subcommands a trial may run instead of training (the decode Experiment's evaluate).
 TRIAL_COMMANDS = ("evaluate",)
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
 
-def shell_problem(text: str) -> str | None:
-    """'a space' / "the shell character ';'" when `text` would not survive sh -c unquoted."""
-    match = SHELL_UNSAFE.search(ex.PARAM_REF.sub("x", text))
+def shell_problem(text: str, template: bool = True) -> str | None:
+    """'a space' / "the shell character ';'" when `text` would not survive sh -c unquoted. In a
+    template (an argument) the ${trialParameters.x} placeholders are left out: their values are checked."""
+    match = SHELL_UNSAFE.search(ex.PARAM_REF.sub("x", text) if template else text)
     if not match:
         return None
     return "a space" if match.group().isspace() else f"the shell character {match.group()!r}"
@@ -59,11 +64,30 @@ def check_collector(e: ex.Experiment, report: Report) -> None:
             return
     wanted = [n for n in ex.metric_names(e) if n in PRINTED]
     sample = format_metric_line({name: 0.5 for name in PRINTED}, epoch=1)
+    for pattern in filters:
+        slow = slow_filter_line(pattern, sample)
+        if slow:
+            report.problem(field, f"{pattern!r} takes over {FILTER_TIMEOUT_S:g} s on {slow} (nested repetition "
+                                  "backtracks; trainer search would stall on such output): simplify it")
+            return
     _, found = parse_line(sample, wanted, ex.metric_filters(e))
     missing = [n for n in wanted if n not in {name for name, _ in found}]
     if missing:
         report.problem(field, f"does not read {', '.join(missing)} from the trainer's metric line "
                               f"({sample!r})")
+
+
+def slow_filter_line(pattern: str, sample: str) -> str | None:
+    """A description of the first probe line (long runs of one character, as progress output and
+    hashes have; the metric line repeated) on which the filter exceeds its time limit, or None."""
+    probes = [(f"a line of {PROBE_LENGTH} {c!r}", c * PROBE_LENGTH + "!") for c in PROBE_CHARACTERS]
+    probes.append(("the metric line repeated", " ".join([sample] * (PROBE_LENGTH // len(sample) + 1))))
+    for description, line in probes:
+        try:
+            filter_matches(pattern, line)
+        except TimeoutError:
+            return description
+    return None
 
 
 # ---------------------------------------------------------------- trial template
@@ -138,6 +162,8 @@ def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
             sound = False
         if "${trialParameters.%s}" % tp.name not in text:
             report.problem(label, f"not used in the trialSpec (add ${{trialParameters.{tp.name}}} to an argument)")
+        elif ex.meta_key(tp.reference):
+            check_meta_value(e, tp, label, report)
     for used in sorted(set(ex.PARAM_REF.findall(text)) - names):
         report.problem(field, f"${{trialParameters.{used}}} is used in the trialSpec but not declared here")
         sound = False
@@ -145,6 +171,20 @@ def check_trial_parameters(e: ex.Experiment, report: Report) -> bool:
         report.problem(f"spec.parameters[{name}]", "no trialParameter references it: the search would vary a "
                                                    "value no trial receives")
     return sound
+
+
+def check_meta_value(e: ex.Experiment, tp: ex.TrialParameter, label: str, report: Report) -> None:
+    """What a meta reference (${trialSpec.Annotations[x]}, Labels[x], Namespace, ...) resolves to reaches
+    `sh -c` unquoted when the trial's command or args use it: it must be as plain as a literal argument."""
+    container = ex.primary_container(e) or {}
+    argv = [str(a) for key in ("command", "args") for a in (container.get(key) or []) if isinstance(a, str)]
+    if not any("${trialParameters.%s}" % tp.name in arg for arg in argv):
+        return  # used elsewhere (an env value, a label): no shell reads it
+    value = ex.meta_value(e, tp.reference, f"{e.name}-trial")
+    problem = shell_problem(value, template=False)
+    if problem:
+        report.problem(f"{label}.reference", f"{tp.reference} resolves to {value!r}, which contains {problem}; "
+                                             "Katib puts it unquoted into the trial's sh -c command line")
 
 
 # ---------------------------------------------------------------- trial command

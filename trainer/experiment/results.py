@@ -21,6 +21,7 @@ from trainer.experiment import spec as ex
 from trainer.flags import format_value, parse_flags
 from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
 from trainer.run import config
+from trainer.run.files import atomic_write
 
 # Where a run reads and writes, not how it trains or decodes: left out of a preset.
 PLACE_FLAGS = ("output_dir", "cache_dir", "train_file", "eval_file", "dataset", "preset", "resume", "report_to",
@@ -117,7 +118,7 @@ def write_preset(path: str | Path, flags: dict, comments: list[str] = ()) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in comments)
-    path.write_text(header + yaml.safe_dump(flags, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic_write(path, header + yaml.safe_dump(flags, sort_keys=False, allow_unicode=True))
     return path
 
 
@@ -253,17 +254,19 @@ def rank(plan, rows: list[TrialRow], scores: dict) -> tuple[TrialRow | None, lis
 def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_names: list[str]) -> Path:
     """One row per trial, as Optuna users get from trials_dataframe(), with the interval and epochs."""
     import csv
+    import io
 
-    with path.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["number", "trial", "state", *param_names, objective, "interval_low", "interval_high",
-                         "vs_best", "epochs_run", "duration_s"])
-        for r in rows:
-            low, high = r.interval or ("", "")
-            writer.writerow([r.number, r.name, r.state, *(r.params.get(n, "") for n in param_names),
-                             "" if r.objective is None else r.objective, low, high, r.vs_best or "",
-                             (r.epochs or "").split("/")[0].split()[0] if r.epochs else "",
-                             "" if r.duration_s is None else round(r.duration_s, 1)])
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["number", "trial", "state", *param_names, objective, "interval_low", "interval_high",
+                     "vs_best", "epochs_run", "duration_s"])
+    for r in rows:
+        low, high = r.interval or ("", "")
+        writer.writerow([r.number, r.name, r.state, *(r.params.get(n, "") for n in param_names),
+                         "" if r.objective is None else r.objective, low, high, r.vs_best or "",
+                         (r.epochs or "").split("/")[0].split()[0] if r.epochs else "",
+                         "" if r.duration_s is None else round(r.duration_s, 1)])
+    atomic_write(path, out.getvalue())
     return path
 
 

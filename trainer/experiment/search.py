@@ -22,7 +22,7 @@ from trainer.errors import UsageError
 from trainer.experiment import results, space
 from trainer.experiment.plan import Plan, make_plan, show_plan
 from trainer.experiment.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
-from trainer.experiment.study import counted, open_study, stop_message, stop_reason
+from trainer.experiment.study import counted, lock_study, open_study, stop_message, stop_reason
 from trainer.flags import parse_assignments
 from trainer.run import config
 
@@ -53,20 +53,21 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir)
     sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
     pruner = space.make_pruner(plan.experiment)
-    show_plan(plan)
-    study = open_study(plan, sampler, pruner)
-    recover(plan, study)
-    try:
-        with signals_raise():
-            reason = run_search(plan, study, pruner)
-    except (KeyboardInterrupt, Terminated) as stop:
-        left = plan.max_trials - len(counted(study))
-        say(f"interrupted: {len(counted(study))} finished trials are kept in {plan.storage}; "
-            f"the same command resumes ({left} of {plan.max_trials} trials left)")
-        raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
-    say(stop_message(plan, study, reason))
-    results.show_results(plan, study, bool(keep_models))
-    results.show_wandb_sync(plan)
+    with lock_study(plan):  # held until this search ends: a second one on the study stops at once
+        show_plan(plan)
+        study = open_study(plan, sampler, pruner)
+        recover(plan, study)
+        try:
+            with signals_raise():
+                reason = run_search(plan, study, pruner)
+        except (KeyboardInterrupt, Terminated) as stop:
+            left = plan.max_trials - len(counted(study))
+            say(f"interrupted: {len(counted(study))} finished trials are kept in {plan.storage}; "
+                f"the same command resumes ({left} of {plan.max_trials} trials left)")
+            raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
+        say(stop_message(plan, study, reason))
+        results.show_results(plan, study, bool(keep_models))
+        results.show_wandb_sync(plan)
     if reason == "failed":
         raise SystemExit(1)
 

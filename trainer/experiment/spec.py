@@ -12,6 +12,7 @@ report every problem instead of stopping at the first. The helpers below (`trial
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from trainer.run.report import KATIB_DEFAULT_FILTER
 
 PARAM_REF = re.compile(r"\$\{trialParameters\.(.+?)\}")
 META_REF = re.compile(r"^\$\{trialSpec\.(.+)\}$")
+# Bounds that keep `trainer check` and `trainer search` fast and small on any input.
+MAX_YAML_NODES = 100_000  # an Experiment has a few hundred
+# Katib's grid service and trainer search hand Optuna's GridSampler every point, which lists them all.
+MAX_GRID_POINTS = 100_000
 
 
 @dataclass
@@ -124,11 +129,66 @@ def yaml_files(path: Path) -> list[Path]:
     raise UsageError(f"{path}: no such file or folder")
 
 
+def load_documents(text: str, source: str) -> list:
+    """yaml.safe_load_all, but every document's node graph is sized with its aliases expanded first:
+    an alias bomb ("billion laughs") or a self-referencing alias is refused before anything walks it."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            expanded_size(node, source)
+            documents.append(loader.construct_document(node))
+        return documents
+    finally:
+        loader.dispose()
+
+
+def expanded_size(root, source: str) -> int:
+    """Nodes in the document once every alias is replaced by a copy of what it names; UsageError when
+    that exceeds MAX_YAML_NODES or an alias refers to a node that contains it. Each node is sized once
+    (memoized by identity), so this takes time linear in the YAML text, however big the expansion."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = node_children(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise UsageError(f"{source}: YAML too big once its aliases are expanded (more than "
+                                 f"{MAX_YAML_NODES} values; an alias bomb?)")
+            continue
+        if key in open_nodes:
+            raise UsageError(f"{source}: YAML alias that refers to itself (line {node.start_mark.line + 1})")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def node_children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def parse_documents(text: str, source: str) -> list[Experiment]:
     import yaml
 
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = load_documents(text, source)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -353,6 +413,7 @@ def grid_axis(parameter: Parameter) -> list[str]:
             values = range(int(str(parameter.min)), int(str(parameter.max)) + 1, int(str(parameter.step or 1)))
         except ValueError:
             raise UsageError(f"parameter {parameter.name}: int min/max/step must be whole numbers") from None
+        refuse_big_axis(parameter, len(values))  # a range is sized without being built
         return [str(v) for v in values]
     if kind == "double":
         if step is None or step <= 0:
@@ -360,11 +421,19 @@ def grid_axis(parameter: Parameter) -> list[str]:
                              "(better: write the values as a discrete list)")
         import numpy as np
 
+        size = (high + step - low) / step  # np.arange's length, before it allocates it
+        refuse_big_axis(parameter, math.ceil(size) if math.isfinite(size) else math.inf)
         values = np.arange(low, high + step, step)
         if len(values) and values[-1] > high:
             values = values[:-1]
         return [str(v) for v in values]
     raise UsageError(f"parameter {parameter.name}: unknown parameterType {kind!r}")
+
+
+def refuse_big_axis(parameter: Parameter, size: float) -> None:
+    if size > MAX_GRID_POINTS:
+        raise UsageError(f"parameter {parameter.name}: a grid axis of {size:.3g} values (at most {MAX_GRID_POINTS}; "
+                         "a larger step, or a discrete list)")
 
 
 def grid_points(experiment: Experiment) -> list[dict[str, str]]:
@@ -373,6 +442,10 @@ def grid_points(experiment: Experiment) -> list[dict[str, str]]:
     Katib's Optuna GridSampler visits them in its own order; the set is the same.
     """
     axes = {p.name: grid_axis(p) for p in experiment.parameters}
+    size = math.prod(len(axis) for axis in axes.values())
+    if size > MAX_GRID_POINTS:
+        raise UsageError(f"{experiment.source}: {experiment.name}: the grid has {size} points (at most "
+                         f"{MAX_GRID_POINTS}: Optuna's GridSampler lists every one)")
     names = list(axes)
     return [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
 

@@ -12,9 +12,12 @@ Interrupted trials (this tool's own state: Optuna FAIL) count toward neither; ea
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,7 +33,55 @@ INTERRUPTED = "Interrupted"  # stopped by the search itself: rerun, counted nowh
 NO_TIMESTAMP = datetime.min.replace(tzinfo=timezone.utc)
 
 
+def sqlite_path(storage: str) -> Path | None:
+    return Path(storage[len("sqlite:///"):]) if storage.startswith("sqlite:///") else None
+
+
+def lock_study(plan: Plan):
+    """An exclusive lock beside the study (STUDY.db.lock; OUTPUT_DIR/search.lock for other storages),
+    so a second search of the same study, started even at the same moment, stops at once instead of
+    racing the first for trials and the budget. Returns the open lock file; closing it unlocks."""
+    import fcntl
+
+    database = sqlite_path(plan.storage)
+    path = database.with_name(database.name + ".lock") if database else plan.output_dir / "search.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"another trainer search (pid {holder}) is running study {plan.experiment.name} in "
+                         f"{plan.storage} (it holds {path}); wait for it, or use another --output_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def check_study_file(storage: str) -> None:
+    """A study.db that SQLite finds damaged (cut short, overwritten) is named, never deleted or changed.
+    (Opened read-write, as Optuna would: SQLite then rolls back a journal a killed search left.)"""
+    import sqlite3
+
+    database = sqlite_path(storage)
+    if database is None or not database.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        verdict = str(error)
+    if verdict != "ok":
+        raise UsageError(f"{database} is damaged ({verdict.splitlines()[0]}); nothing was changed: move it away "
+                         f"(mv {database} {database}.damaged) to start the study over, or use another --output_dir")
+
+
 def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
+    check_study_file(plan.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     plan.output_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,9 @@ ALGORITHMS = ("random", "tpe", "multivariate-tpe", "grid", "cmaes", "sobol", "hy
 NAS_ALGORITHMS = ("enas", "darts")
 EARLY_STOPPING = ("medianstop",)
 
+# ExperimentSpec holds maxTrialCount, parallelTrialCount and maxFailedTrialCount as *int32.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
 # Defaults Katib's mutating webhook fills in where a field is omitted.
 DEFAULT_PARALLEL_TRIAL_COUNT = 3
 DEFAULT_COLLECTOR = "StdOut"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
+
+from trainer.run.files import atomic_write
 
 SAMPLE = "builtin:sample"
 TINY = "builtin:tiny"
@@ -373,12 +373,6 @@ def examples(split: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- files in the cache
-
-def atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
-
 
 def sample_csv(split: str, cache_dir: str | Path) -> Path:
     """<cache_dir>/builtin/sample-v1/<split>.csv (columns fname,dialogue,summary,topic), written once."""

@@ -133,6 +133,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 REPORT_TO = ("none", "wandb")
+MAX_SEED = 2**32 - 1
+MIN_TEXT_TOKENS = 3
 
 
 def closest_flag(name: str, names=FLAGS) -> str | None:
@@ -262,9 +264,15 @@ def validate(config: TrainConfig, check_names: bool = True, command: str = "trai
     c = config
     require(c.learning_rate > 0, f"--learning_rate={c.learning_rate} must be > 0")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                 "gradient_accumulation_steps", "num_beams", "encoder_max_len",
-                 "decoder_max_len", "generation_max_length", "logging_steps", "save_total_limit"):
+                 "gradient_accumulation_steps", "num_beams", "logging_steps", "save_total_limit"):
         require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)} must be >= 1")
+    for name in ("encoder_max_len", "decoder_max_len"):  # <s> and </s> take two of them
+        require(getattr(c, name) >= MIN_TEXT_TOKENS,
+                f"--{name}={getattr(c, name)} must be >= {MIN_TEXT_TOKENS} (<s>, </s> and at least one token)")
+    # generate() counts the decoder start token in max_length and refuses a max_length of 1
+    require(c.generation_max_length >= 2, f"--generation_max_length={c.generation_max_length} must be >= 2 "
+                                          "(the decoder start token and at least one generated token)")
+    require(0 <= c.seed <= MAX_SEED, f"--seed={c.seed} must be in [0, {MAX_SEED}] (numpy's seed range)")
     require(c.num_train_epochs > 0, f"--num_train_epochs={c.num_train_epochs} must be > 0")
     require(0 <= c.warmup_ratio < 1, f"--warmup_ratio={c.warmup_ratio} must be in [0, 1)")
     require(0 <= c.label_smoothing_factor < 1,
@@ -315,6 +323,20 @@ def validate_decoding(c: TrainConfig) -> None:
     if c.no_repeat_ngram_size and c.no_repeat_ngram_size >= c.generation_max_length:
         raise UsageError(f"--no_repeat_ngram_size={c.no_repeat_ngram_size} must be below --generation_max_length="
                          f"{c.generation_max_length} (0 = off)")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """--output_dir is a folder, or can be made one: its nearest existing ancestor is a writable folder.
+
+    Apart from validate(): it looks at this machine's files, and `trainer check` runs validate()
+    where the trial's output volume does not exist."""
+    path = Path(output_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {str(existing)!r}, which is a file"
+        raise UsageError(f"--output_dir={output_dir!r} {where}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output_dir={output_dir!r}: {str(existing)!r} is not writable")
 
 
 def help_text(command: str = "train") -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -22,9 +23,12 @@ from pathlib import Path
 from trainer.run import builtin
 from trainer.errors import UsageError, first_line
 from trainer.run.config import TrainConfig
+from trainer.run.files import full_disk_is_one_line
 
 TAG_PATTERN = re.compile(r"#\w+#")
 CACHE_FORMAT = "tokenized-v2"
+MAX_ROWS_SHOWN = 10
+TOKENIZED_COLUMNS = ("input_ids", "attention_mask", "labels", "length")
 
 
 @dataclass
@@ -79,10 +83,22 @@ def to_split(frame, config: TrainConfig, flag: str, source: str, limit: int) -> 
         raise UsageError(f"--{flag} {source}: no examples")
     ids = list(frame["fname"]) if "fname" in columns else [str(i) for i in range(len(frame))]
     references = [[r for r in row if r.strip()] for row in frame[refs].astype(str).values.tolist()]
-    if not any(references):
-        raise UsageError(f"--{flag} {source}: every {config.summary_column} is empty")
-    return Split(ids=[str(i) for i in ids], dialogues=list(frame[config.dialogue_column].astype(str)),
-                 references=references, source=source)
+    dialogues = list(frame[config.dialogue_column].astype(str))
+    # Refused, not dropped: a left-out evaluation row would change what the metric measures.
+    names = ids if "fname" in columns else None
+    refuse_empty(flag, source, config.dialogue_column, [i for i, text in enumerate(dialogues) if not text.strip()], names)
+    refuse_empty(flag, source, config.summary_column, [i for i, row in enumerate(references) if not row], names)
+    return Split(ids=[str(i) for i in ids], dialogues=dialogues, references=references, source=source)
+
+
+def refuse_empty(flag: str, source: str, what: str, rows: list[int], names: list | None) -> None:
+    """One line naming the rows (1 = the first data row; with its fname) whose `what` is empty or null."""
+    if not rows:
+        return
+    shown = ", ".join(f"{i + 1} ({names[i]})" if names else str(i + 1) for i in rows[:MAX_ROWS_SHOWN])
+    more = f" and {len(rows) - MAX_ROWS_SHOWN} more" if len(rows) > MAX_ROWS_SHOWN else ""
+    noun = "row" if len(rows) == 1 else "rows"
+    raise UsageError(f"--{flag} {source}: empty {what} in {noun} {shown}{more}; fill or remove them")
 
 
 def load_frames(config: TrainConfig):
@@ -243,7 +259,8 @@ def tokenized(split: Split, tokenizer, config: TrainConfig):
     stored there (unless --cache_tokenized=false).
 
     The directory is written beside its final name and renamed, so parallel trials sharing
-    the cache volume never read a half-written entry.
+    the cache volume never read a half-written entry. An entry damaged anyway (a disk error,
+    a partial copy of the volume) is set aside and built again.
     """
     import datasets
 
@@ -251,16 +268,48 @@ def tokenized(split: Split, tokenizer, config: TrainConfig):
         return tokenize_split(split, tokenizer, config), False
     target = Path(config.cache_dir) / "tokenized" / cache_key(split, tokenizer, config)
     if target.is_dir():
-        return datasets.load_from_disk(str(target)), True
+        cached = load_entry(target, len(split.dialogues))
+        if cached is not None:
+            return cached, True
+        set_aside(target)
     dataset = tokenize_split(split, tokenizer, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        dataset.save_to_disk(str(staging))
-        os.rename(staging, target)
-    except OSError:
-        if not target.is_dir():  # not a lost race: a real write problem
-            raise
+        with full_disk_is_one_line(target.parent):
+            try:
+                dataset.save_to_disk(str(staging))
+                os.rename(staging, target)
+            except OSError:
+                if not target.is_dir():  # not a lost race: a real write problem
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return datasets.load_from_disk(str(target)), False
+
+
+def load_entry(target: Path, rows: int):
+    """The cached dataset, or None (with a warning) when the entry is damaged."""
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(target))
+        problem = None if len(dataset) == rows and set(TOKENIZED_COLUMNS) <= set(dataset.column_names) \
+            else f"{len(dataset)} rows with columns {', '.join(dataset.column_names)}"
+    except (OSError, ValueError) as error:  # missing or truncated files; pyarrow's ArrowInvalid is a ValueError
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+    if problem is None:
+        return dataset
+    print(f"trainer: warning: damaged tokenization cache entry {target} ({problem}); building it again",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def set_aside(target: Path) -> None:
+    """Move a damaged entry out of the way (a rename: another trial may be doing the same), then delete it."""
+    aside = target.with_name(f".damaged-{target.name}-{os.getpid()}")
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:  # another trial set it aside first
+        return
+    shutil.rmtree(aside, ignore_errors=True)

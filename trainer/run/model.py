@@ -12,6 +12,7 @@ from trainer.run.config import TrainConfig
 BART_POSITION_OFFSET = 2
 SAFETENSORS_HINT = ("this trainer loads safetensors weights only (pickle-free); convert it, or pass --revision "
                     "of a branch that has model.safetensors (digit82/kobart-summarization: --revision=refs/pr/1)")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
 def resolve_model_path(config: TrainConfig) -> str:
@@ -56,10 +57,26 @@ def check_lengths(config: TrainConfig, model_config, flags=("encoder_max_len", "
             raise UsageError(f"--{flag}={value} exceeds the model's {limit} positions; use at most {limit}")
 
 
+def check_tokenizer_files(path: str) -> None:
+    """A local model folder has its tokenizer: without one, transformers builds a tokenizer of the five
+    special tokens from the config's model type, and every text becomes <unk>."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) \
+            and not any(folder.glob("*.model")):
+        raise UsageError(f"--model_name_or_path {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)} or "
+                         "a sentencepiece *.model); save the tokenizer there too (tokenizer.save_pretrained)")
+
+
 def load_tokenizer(path: str, tags: list[str], revision: str = ""):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision or None, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision or None, trust_remote_code=False)
+    except (OSError, ValueError) as error:  # a damaged tokenizer.json is a JSONDecodeError
+        raise UsageError(f"--model_name_or_path {path!r}: cannot load its tokenizer: {first_line(error)}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UsageError(f"--model_name_or_path {path!r}: its tokenizer has only the special tokens "
+                         f"{' '.join(tokenizer.all_special_tokens)}; every text would become <unk>")
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
         raise UsageError(f"--model_name_or_path {path!r}: tokenizer lacks bos/eos/pad tokens")
     # Special, so they are never split into pieces; decoding keeps them (see rouge.clean_prediction).
@@ -68,11 +85,15 @@ def load_tokenizer(path: str, tags: list[str], revision: str = ""):
 
 
 def load_model(path: str, tokenizer, model_config, revision: str = ""):
+    from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM
 
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(path, config=model_config, revision=revision or None,
                                                       use_safetensors=True, trust_remote_code=False)
+    except SafetensorError as error:  # a truncated or damaged file: the header does not match the data
+        raise UsageError(f"--model_name_or_path {path!r}: damaged safetensors weights ({first_line(error)}); "
+                         "download or copy the model again") from None
     except (OSError, ValueError) as error:
         if "does not appear to have a file named model.safetensors" in str(error):  # a hub repo without them
             at = f" at --revision={revision}" if revision else " on its main branch"

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 # Katib v1beta1 StdOut collector default metrics filter.
 KATIB_DEFAULT_FILTER = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+FILTER_TIMEOUT_S = 1.0  # per filter and line; the trainer's lines take microseconds
 
 # What every evaluation reports, in print order. rouge_avg is the objective.
 METRIC_NAMES = ("rouge1", "rouge2", "rougeL", "rouge_avg", "eval_loss")
@@ -73,8 +74,19 @@ def parse_line(line: str, metric_names, filters=(KATIB_DEFAULT_FILTER,)):
     timestamp = parse_timestamp(first) if rest else None
     found = []
     for pattern in filters:
-        for match in re.finditer(pattern, line):
-            name, value = match.group(1).strip(), match.group(2).strip()
-            if name in metric_names:
-                found.append((name, value))
+        try:
+            pairs = filter_matches(pattern, line)
+        except TimeoutError:
+            continue  # unreadable in bounded time; `trainer check` refuses filters that do this
+        found += [(name, value) for name, value in pairs if name in metric_names]
     return timestamp, found
+
+
+def filter_matches(pattern: str, line: str) -> list[tuple[str, str]]:
+    """(name, value) of each match of a metrics filter in `line`. Katib matches with Go's regexp, which
+    takes linear time; Python's engines backtrack, and a filter with nested repetition could take
+    hours on one long line: the `regex` engine (fewer such cases) with a time limit, TimeoutError past it."""
+    import regex
+
+    return [(m.group(1).strip(), m.group(2).strip())
+            for m in regex.finditer(pattern, line, timeout=FILTER_TIMEOUT_S)]

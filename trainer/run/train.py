@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -23,10 +24,11 @@ from pathlib import Path
 from trainer.console import fail, warn
 from trainer.run import report
 from trainer.errors import UsageError
-from trainer.run.config import TrainConfig, cpu_count
+from trainer.run.config import TrainConfig, check_output_dir, cpu_count
 from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
-from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path,
-                               set_decoding)
+from trainer.run.files import atomic_write, full_disk_is_one_line
+from trainer.run.model import (check_lengths, check_tokenizer_files, load_model, load_model_config, load_tokenizer,
+                               resolve_model_path, set_decoding)
 from trainer.run.rouge import check_references, clean_prediction, per_example_rouge
 
 EXIT_DIVERGED = 1
@@ -339,9 +341,21 @@ def last_checkpoint(output_dir: str) -> str | None:
 
 
 def read_records(metrics_path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line a kill cut short (it cannot be parsed) is dropped with a
+    warning: its evaluation runs again on resume, or the run ends with the records before it."""
     if not metrics_path.is_file():
         return []
-    return [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, partial = [], 0
+    for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            partial += 1
+    if partial:
+        warn(f"{metrics_path}: dropped {partial} partly written record{'s' if partial > 1 else ''}")
+    return records
 
 
 def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
@@ -351,7 +365,7 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
     kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict] | None = None) -> None:
@@ -359,12 +373,13 @@ def write_predictions(path: Path, split: Split, predictions: list[str], scores: 
     width = max(len(refs) for refs in split.references)
     names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
     metrics = list(scores[0]) if scores else []
-    with path.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["id", "prediction", *names, *metrics])
-        for n, (ident, prediction, refs) in enumerate(zip(split.ids, predictions, split.references)):
-            writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)),
-                             *(repr(scores[n][m]) for m in metrics)])
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["id", "prediction", *names, *metrics])
+    for n, (ident, prediction, refs) in enumerate(zip(split.ids, predictions, split.references)):
+        writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)),
+                         *(repr(scores[n][m]) for m in metrics)])
+    atomic_write(path, out.getvalue())
 
 
 def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
@@ -378,7 +393,7 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
         "hyperparameters": dataclasses.asdict(config),
         **extra,
     }
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
@@ -419,6 +434,7 @@ def prepare(config: TrainConfig):
             passed.parent.mkdir(parents=True, exist_ok=True)
             passed.touch()
     model_path = resolve_model_path(config)
+    check_tokenizer_files(model_path)
     model_config = load_model_config(model_path, config.revision)
     check_lengths(config, model_config)
     return train_split, eval_split, model_path, model_config
@@ -427,6 +443,7 @@ def prepare(config: TrainConfig):
 def run(config: TrainConfig, callbacks=()) -> None:
     """Train, evaluate every epoch, save; `callbacks` are extra TrainerCallbacks (the benchmark's probes)."""
     started = time.time()
+    check_output_dir(config.output_dir)  # before anything heavy loads
     quiet_libraries()
     train_split, eval_split, model_path, model_config = prepare(config)
     if config.report_to == "wandb":
@@ -473,7 +490,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
     trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
     watch_sigterm(sigterm)
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with full_disk_is_one_line(config.output_dir):
+            trainer.train(resume_from_checkpoint=resume_from)
     except TrainingDiverged as error:
         fail(str(error), EXIT_DIVERGED)
     if sigterm["seen"]:
@@ -481,7 +499,8 @@ def run(config: TrainConfig, callbacks=()) -> None:
               f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGTERM)
 
-    trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
+    with full_disk_is_one_line(output_dir / BEST_MODEL_DIR):
+        trainer.save_model(str(output_dir / BEST_MODEL_DIR))  # the best checkpoint, loaded at the end
     for checkpoint in output_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)  # only needed to resume an unfinished run
     records = read_records(metrics_path)
