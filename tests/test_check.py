@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from trainer.experiment import check as check_module
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.errors import UsageError
 
@@ -407,17 +408,17 @@ def test_trial_args_substitutes_parameters_and_meta_keys():
 
 def test_grid_points_match_katib():
     [grid] = ex.load_experiments([EXPERIMENTS / "grid.yaml"])
-    points = ex.grid_points(grid)
+    points = katib_grid.grid_points(grid)
     assert len(points) == 18 == grid.max_trial_count
     assert len({tuple(p.items()) for p in points}) == 18
     assert {p["learning_rate"] for p in points} == {"1e-5", "3e-5", "5e-5"}
     # Katib: np.arange(min, max + step, step) minus a last value above max.
     noisy = ex.Parameter("w", "double", min="0.0", max="0.3", step="0.1")
-    assert ex.grid_axis(noisy) == ["0.0", "0.1", "0.2"]  # 0.30000000000000004 > 0.3: dropped
-    assert ex.grid_axis(ex.Parameter("w", "double", min="0.0", max="0.2", step="0.05"))[3] == "0.15000000000000002"
-    assert ex.grid_axis(ex.Parameter("e", "int", min="10", max="30", step="5")) == ["10", "15", "20", "25", "30"]
+    assert katib_grid.grid_axis(noisy) == ["0.0", "0.1", "0.2"]  # 0.30000000000000004 > 0.3: dropped
+    assert katib_grid.grid_axis(ex.Parameter("w", "double", min="0.0", max="0.2", step="0.05"))[3] == "0.15000000000000002"
+    assert katib_grid.grid_axis(ex.Parameter("e", "int", min="10", max="30", step="5")) == ["10", "15", "20", "25", "30"]
     with pytest.raises(UsageError, match="needs a step"):
-        ex.grid_axis(ex.Parameter("lr", "double", min="1e-5", max="5e-4"))
+        katib_grid.grid_axis(ex.Parameter("lr", "double", min="1e-5", max="5e-4"))
 
 
 def test_metric_filters_default_and_custom():

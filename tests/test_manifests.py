@@ -19,6 +19,7 @@ import yaml
 
 from trainer import cli
 from trainer.flags import parse_flags
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.run.config import FLAGS
 
@@ -132,7 +133,7 @@ def test_experiments_follow_the_issue(experiments):
         assert "--epoch_eval_samples=250" in pod_spec(e)["containers"][0]["args"]
         assert e.metrics_collector.kind == "StdOut"
     grid, rand, tpe = named["kobart-grid"], named["kobart-random"], named["kobart-tpe"]
-    assert grid.algorithm.name == "grid" and grid.max_trial_count == len(ex.grid_points(grid)) == 18
+    assert grid.algorithm.name == "grid" and grid.max_trial_count == len(katib_grid.grid_points(grid)) == 18
     assert {p.parameter_type for p in grid.parameters} <= {"discrete", "categorical"}
     assert rand.algorithm.name == "random"
     # hyperopt's `tpe` duplicates suggestions within a parallel batch; multivariate-tpe does not.
@@ -260,7 +261,7 @@ def test_every_trial_command_is_accepted_by_the_trainer(experiments, monkeypatch
     fake_train.run = received.append
     monkeypatch.setitem(sys.modules, "trainer.run.train", fake_train)
     for e in experiments:
-        assignments = ex.grid_points(e) if e.algorithm.name == "grid" else sample_assignments(e)
+        assignments = katib_grid.grid_points(e) if e.algorithm.name == "grid" else sample_assignments(e)
         for number, assignment in enumerate(assignments):
             argv = ex.trial_args(e, assignment, f"{e.name}-{number}")
             assert argv[0] == "trainer" and all(" " not in arg for arg in argv)

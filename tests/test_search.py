@@ -27,6 +27,7 @@ from trainer.experiment import plan as search_plan
 from trainer.experiment import runner, search
 from trainer.experiment import space as search_space
 from trainer.experiment import study as search_study
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import pruner as median
 from trainer.experiment import results
@@ -149,7 +150,7 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
         assert (summary["stopped_early"] is None) == (summary["epochs_run"] == epochs)  # early means before the end
         assert len(trial.intermediate_values) == epochs or 4 <= len(trial.intermediate_values) < epochs
     if manifest == "grid":
-        grid = ex.grid_points(experiment)
+        grid = katib_grid.grid_points(experiment)
         visited = [{k: format_value(v) for k, v in t.params.items()} for t in study.trials]
         assert all(point in grid for point in visited) and visited[0] != visited[1]
     best = max(study.trials, key=lambda t: t.value)
@@ -186,7 +187,7 @@ def test_grid_visits_exactly_katibs_combinations_once(tmp_path, fake_trainer, ca
     out = tmp_path / "out"
     search.search(str(path), output_dir=str(out))
     experiment = ex.load_experiments([path])[0]
-    expected = ex.grid_points(experiment)
+    expected = katib_grid.grid_points(experiment)
     assert len(expected) == 18
     study = load(out, "fake-grid")
     assert states(study) == ["Succeeded"] * 18

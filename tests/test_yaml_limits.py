@@ -13,6 +13,8 @@ from trainer.experiment import check as check_module
 from trainer.experiment.check_space import check_grid
 from trainer.experiment.check_trial import check_collector
 from trainer.experiment.findings import Report
+from trainer.experiment import grid as katib_grid
+from trainer.experiment import safe_yaml
 from trainer.experiment import spec as ex
 from trainer.errors import UsageError
 from trainer.run.report import KATIB_DEFAULT_FILTER, parse_line
@@ -45,14 +47,14 @@ def test_alias_bomb_is_refused_without_expanding_it(tmp_path):
     for command in (["check", str(path)], ["search", str(path), f"--output_dir={tmp_path / 'out'}"]):
         result = subprocess.run([*TRAINER, *command], capture_output=True, text=True, timeout=120)
         assert one_line(result) == (f"trainer: error: {path}: YAML too big once its aliases are expanded (more "
-                                    f"than {ex.MAX_YAML_NODES} values; an alias bomb?)")
+                                    f"than {safe_yaml.MAX_YAML_NODES} values; an alias bomb?)")
     assert not (tmp_path / "out").exists()
 
 
 def test_shared_aliases_within_the_limit_still_load():
     text = "a: &x [1, 2, 3]\nb: *x\nc: *x\n"
-    assert ex.load_documents(text, "t.yaml") == [{"a": [1, 2, 3], "b": [1, 2, 3], "c": [1, 2, 3]}]
-    assert ex.expanded_size(yaml.compose(text), "t.yaml") == 1 + 3 + 3 * (1 + 3)  # mapping, 3 keys, 3 lists of 3
+    assert safe_yaml.load_documents(text, "t.yaml") == [{"a": [1, 2, 3], "b": [1, 2, 3], "c": [1, 2, 3]}]
+    assert safe_yaml.expanded_size(yaml.compose(text), "t.yaml") == 1 + 3 + 3 * (1 + 3)  # mapping, 3 keys, 3 lists of 3
 
 
 @pytest.mark.parametrize("text, line", [
@@ -90,10 +92,10 @@ def test_a_grid_axis_of_a_billion_points_is_refused_before_it_is_built(tmp_path,
         check_module.check(str(path))
     out = capsys.readouterr().out
     assert (f"spec.parameters[{parameter['name']}]: not a finite grid axis: parameter {parameter['name']}: a grid "
-            f"axis of {size} values (at most {ex.MAX_GRID_POINTS};") in out
+            f"axis of {size} values (at most {katib_grid.MAX_GRID_POINTS};") in out
     result = subprocess.run([*TRAINER, "search", str(path), f"--output_dir={tmp_path / 'out'}"],
                             capture_output=True, text=True, timeout=120)
-    assert f"a grid axis of {size} values (at most {ex.MAX_GRID_POINTS};" in one_line(result)
+    assert f"a grid axis of {size} values (at most {katib_grid.MAX_GRID_POINTS};" in one_line(result)
     assert not (tmp_path / "out" / "study.db").exists()
 
 
@@ -107,8 +109,8 @@ def test_a_grid_whose_axes_multiply_past_the_limit_is_refused(tmp_path, capsys):
     for p, name in zip(doc["spec"]["parameters"], names):
         p["name"] = name
     experiment = ex.parse_documents(yaml.safe_dump(doc), "g.yaml")[0]
-    with pytest.raises(UsageError, match=rf"the grid has {100 ** len(names)} points \(at most {ex.MAX_GRID_POINTS}"):
-        ex.grid_points(experiment)
+    with pytest.raises(UsageError, match=rf"the grid has {100 ** len(names)} points \(at most {katib_grid.MAX_GRID_POINTS}"):
+        katib_grid.grid_points(experiment)
     report = Report()
     check_grid(experiment, report)
     assert [f.field for f in report.problems] == ["spec.parameters"]

@@ -6,6 +6,7 @@ import math
 import re
 
 from trainer.errors import UsageError
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.check_trial import shell_problem
@@ -123,7 +124,7 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
             size = None
             continue
         try:
-            axis = ex.grid_axis(p)
+            axis = katib_grid.grid_axis(p)
         except UsageError as error:
             report.problem(field, f"not a finite grid axis: {error}")
             size = None
@@ -132,8 +133,8 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
             report.warn(field, f"Katib builds this grid axis with np.arange: {', '.join(axis)}; write a discrete "
                                "list to get exactly the values you mean")
         size = size * len(axis) if size is not None else None
-    if size is not None and size > ex.MAX_GRID_POINTS:
-        report.problem("spec.parameters", f"the grid has {size} points (at most {ex.MAX_GRID_POINTS}: Katib's grid "
+    if size is not None and size > katib_grid.MAX_GRID_POINTS:
+        report.problem("spec.parameters", f"the grid has {size} points (at most {katib_grid.MAX_GRID_POINTS}: Katib's grid "
                                           "service, like trainer search, lists every point for Optuna's GridSampler)")
         return
     if size is None or not ex.is_int(e.max_trial_count):

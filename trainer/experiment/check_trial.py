@@ -8,6 +8,7 @@ import json
 import re
 
 from trainer.errors import UsageError
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.findings import Report
@@ -303,7 +304,7 @@ def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
         return [format_value(v) for v in (p.list or [])]
     if e.algorithm and e.algorithm.name == "grid":
         try:
-            return ex.grid_axis(p)
+            return katib_grid.grid_axis(p)
         except UsageError:
             return []
     try:
@@ -315,7 +316,7 @@ def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
 
 def safe_grid(e: ex.Experiment) -> list[dict[str, str]]:
     try:
-        return ex.grid_points(e)
+        return katib_grid.grid_points(e)
     except UsageError:
         return []
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment import check, check_trial, space
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.flags import parse_flags, with_flags
@@ -122,7 +123,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         if smoke:
             budget, source = min(budget, SMOKE_MAX_TRIALS), "--smoke"
     if algorithm == "grid":
-        size = len(ex.grid_points(e))
+        size = len(katib_grid.grid_points(e))
         if budget > size:
             notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
             budget = size

@@ -13,6 +13,7 @@ import optuna
 
 from trainer.errors import UsageError
 from trainer.experiment import pruner as median
+from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.flags import format_value
 
@@ -27,7 +28,7 @@ def distributions(e: ex.Experiment, grid: bool) -> dict:
     space = {}
     for p in e.parameters:
         if grid:
-            space[p.name] = CategoricalDistribution(ex.grid_axis(p))
+            space[p.name] = CategoricalDistribution(katib_grid.grid_axis(p))
             continue
         if p.parameter_type in ("categorical", "discrete"):
             space[p.name] = CategoricalDistribution([format_value(v) for v in p.list])

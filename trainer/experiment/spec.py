@@ -11,8 +11,6 @@ report every problem instead of stopping at the first. The helpers below (`trial
 
 from __future__ import annotations
 
-import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +18,12 @@ from typing import Any
 
 from trainer.errors import UsageError
 from trainer.experiment import vocabulary as vocab
+from trainer.experiment.safe_yaml import load_documents
 from trainer.flags import format_value
 from trainer.run.report import KATIB_DEFAULT_FILTER
 
 PARAM_REF = re.compile(r"\$\{trialParameters\.(.+?)\}")
 META_REF = re.compile(r"^\$\{trialSpec\.(.+)\}$")
-# Bounds that keep `trainer check` and `trainer search` fast and small on any input.
-MAX_YAML_NODES = 100_000  # an Experiment has a few hundred
-# Katib's grid service and trainer search hand Optuna's GridSampler every point, which lists them all.
-MAX_GRID_POINTS = 100_000
 
 
 @dataclass
@@ -127,61 +122,6 @@ def yaml_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     raise UsageError(f"{path}: no such file or folder")
-
-
-def load_documents(text: str, source: str) -> list:
-    """yaml.safe_load_all, but every document's node graph is sized with its aliases expanded first:
-    an alias bomb ("billion laughs") or a self-referencing alias is refused before anything walks it."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        documents = []
-        while loader.check_node():
-            node = loader.get_node()
-            expanded_size(node, source)
-            documents.append(loader.construct_document(node))
-        return documents
-    finally:
-        loader.dispose()
-
-
-def expanded_size(root, source: str) -> int:
-    """Nodes in the document once every alias is replaced by a copy of what it names; UsageError when
-    that exceeds MAX_YAML_NODES or an alias refers to a node that contains it. Each node is sized once
-    (memoized by identity), so this takes time linear in the YAML text, however big the expansion."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if key in sizes:
-            continue
-        children = node_children(node)
-        if children_done:
-            open_nodes.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
-            if sizes[key] > MAX_YAML_NODES:
-                raise UsageError(f"{source}: YAML too big once its aliases are expanded (more than "
-                                 f"{MAX_YAML_NODES} values; an alias bomb?)")
-            continue
-        if key in open_nodes:
-            raise UsageError(f"{source}: YAML alias that refers to itself (line {node.start_mark.line + 1})")
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in children if id(child) not in sizes)
-    return sizes[id(root)]
-
-
-def node_children(node) -> list:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
 
 
 def parse_documents(text: str, source: str) -> list[Experiment]:
@@ -345,8 +285,6 @@ def meta_key(reference: str) -> str | None:
     return key if key in vocab.META_KEYS else None
 
 
-
-
 def meta_value(experiment: Experiment, reference: str, trial_name: str) -> str:
     key = META_REF.match(reference).group(1)
     spec = _mapping(experiment.trial_template.trial_spec)
@@ -385,69 +323,6 @@ def trial_args(experiment: Experiment, assignment: dict[str, Any], trial_name: s
         return values[match.group(1)]
 
     return [PARAM_REF.sub(substitute, arg) for arg in argv]
-
-
-
-
-
-
-def grid_axis(parameter: Parameter) -> list[str]:
-    """The values Katib's grid visits for one parameter, as the strings a trial receives.
-
-    Mirrors Katib's suggestion service: int -> range(min, max + 1, step or 1); double ->
-    np.arange(min, max + step, step) minus a last value above max (float noise such as
-    0.15000000000000002 is kept, as Katib keeps it); categorical/discrete -> the list.
-    """
-    kind = parameter.parameter_type
-    if kind in ("categorical", "discrete"):
-        if not parameter.list:
-            raise UsageError(f"parameter {parameter.name}: {kind} needs a non-empty feasibleSpace.list")
-        return [str(v) for v in parameter.list]
-    try:
-        low, high = float(parameter.min), float(parameter.max)
-        step = float(parameter.step) if parameter.step not in (None, "") else None
-    except (TypeError, ValueError):
-        raise UsageError(f"parameter {parameter.name}: feasibleSpace min/max/step must be numbers") from None
-    if kind == "int":
-        try:
-            values = range(int(str(parameter.min)), int(str(parameter.max)) + 1, int(str(parameter.step or 1)))
-        except ValueError:
-            raise UsageError(f"parameter {parameter.name}: int min/max/step must be whole numbers") from None
-        refuse_big_axis(parameter, len(values))  # a range is sized without being built
-        return [str(v) for v in values]
-    if kind == "double":
-        if step is None or step <= 0:
-            raise UsageError(f"parameter {parameter.name}: a double grid axis needs a step > 0 "
-                             "(better: write the values as a discrete list)")
-        import numpy as np
-
-        size = (high + step - low) / step  # np.arange's length, before it allocates it
-        refuse_big_axis(parameter, math.ceil(size) if math.isfinite(size) else math.inf)
-        values = np.arange(low, high + step, step)
-        if len(values) and values[-1] > high:
-            values = values[:-1]
-        return [str(v) for v in values]
-    raise UsageError(f"parameter {parameter.name}: unknown parameterType {kind!r}")
-
-
-def refuse_big_axis(parameter: Parameter, size: float) -> None:
-    if size > MAX_GRID_POINTS:
-        raise UsageError(f"parameter {parameter.name}: a grid axis of {size:.3g} values (at most {MAX_GRID_POINTS}; "
-                         "a larger step, or a discrete list)")
-
-
-def grid_points(experiment: Experiment) -> list[dict[str, str]]:
-    """Every combination Katib's grid would visit ({parameter name: value string}), in product order.
-
-    Katib's Optuna GridSampler visits them in its own order; the set is the same.
-    """
-    axes = {p.name: grid_axis(p) for p in experiment.parameters}
-    size = math.prod(len(axis) for axis in axes.values())
-    if size > MAX_GRID_POINTS:
-        raise UsageError(f"{experiment.source}: {experiment.name}: the grid has {size} points (at most "
-                         f"{MAX_GRID_POINTS}: Optuna's GridSampler lists every one)")
-    names = list(axes)
-    return [dict(zip(names, combo)) for combo in itertools.product(*axes.values())]
 
 
 def trial_job(experiment: Experiment) -> dict:
