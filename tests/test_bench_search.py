@@ -44,7 +44,8 @@ def test_each_search_is_a_valid_experiment_on_the_same_axes(algorithm, tmp_path)
         assert e.early_stopping is None and plan.goal is None
     else:
         assert e.early_stopping.name == "medianstop" and plan.goal == 0.5
-        assert e.algorithm.settings == {"random_state": "2"}
+        startup = {"n_startup_trials": "4"} if algorithm == "multivariate-tpe" else {}
+        assert e.algorithm.settings == {"random_state": "2", **startup}
 
 
 def test_bad_arguments_give_one_clear_line_and_bench_alone_still_works():
