@@ -155,6 +155,8 @@ def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool 
         raise UsageError(f"--output={output!r}: give a .json path")
     if plot and not str(plot).endswith(".png"):
         raise UsageError(f"--plot={plot!r}: give a .png path")
+    if not GRID_YAML.is_file():  # an installed package has no manifests/
+        raise UsageError(f"{GRID_YAML}: not found; run trainer bench search from a clone of the repository")
     axes = QUICK_AXES if quick else AXES
     seeds = min(seeds, 2) if quick else seeds
     size = len(axes["learning_rate"]) * len(axes["per_device_train_batch_size"]) * len(axes["num_train_epochs"])
