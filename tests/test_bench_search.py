@@ -22,7 +22,11 @@ def test_ratios_on_constructed_trials():
         "multivariate-tpe": [[(0.61, 2)], [(0.5, 1), (0.59, 2)]],     # 2 and 3 epochs
     }
     result = bench_search.summarize(grid, runs)
-    assert result["grid"] == {"best": 0.60, "trial_epochs": 13, "trials": 5}
+    assert {k: result["grid"][k] for k in ("best", "trial_epochs", "trials")} == {"best": 0.60, "trial_epochs": 13,
+                                                                                "trials": 5}
+    assert result["grid"]["curve"] == [[2, 0.20], [6, 0.60], [8, 0.60], [12, 0.60], [13, 0.60]]
+    assert result["runs"]["random"][1]["curve"] == [[2, 0.30], [4, 0.31]]
+    assert bench_search.curve([(None, 1), (0.4, 2)]) == [[1, None], [3, 0.4]]
     assert result["target"] == pytest.approx(0.59)
     assert [r["ratio"] for r in result["runs"]["random"]] == [pytest.approx(6 / 13), None]
     assert result["ratios"]["random"] is None  # one seed never got there
@@ -44,12 +48,14 @@ def test_each_search_is_a_valid_experiment_on_the_same_axes(algorithm, tmp_path)
         assert e.early_stopping is None and plan.goal is None
     else:
         assert e.early_stopping.name == "medianstop" and plan.goal == 0.5
-        assert e.algorithm.settings == {"random_state": "2"}
+        startup = {"n_startup_trials": "4"} if algorithm == "multivariate-tpe" else {}
+        assert e.algorithm.settings == {"random_state": "2", **startup}
 
 
 def test_bad_arguments_give_one_clear_line_and_bench_alone_still_works():
     for args, expected in ((["--seeds=0"], "--seeds=0 must be a whole number >= 1"),
-                           (["--output=out.txt"], "give a .json path")):
+                           (["--output=out.txt"], "give a .json path"),
+                           (["--plot=curve.svg"], "give a .png path")):
         result = subprocess.run([*TRAINER, "bench", "search", *args], capture_output=True, text=True, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (args, result.stderr)
@@ -65,7 +71,7 @@ def test_a_real_run_reports_what_its_studies_hold(tmp_path, monkeypatch, capsys)
                                                "per_device_train_batch_size": ["32"], "num_train_epochs": ["5"]})
     monkeypatch.setattr(bench_search, "ALGORITHMS", ("multivariate-tpe",))
     output = tmp_path / "bench.json"
-    bench_search.bench_search(output=str(output), seeds=1)
+    bench_search.bench_search(output=str(output), seeds=1, plot=str(tmp_path / "curve.png"))
     result = json.loads(output.read_text())
 
     def trials(name):
@@ -77,3 +83,4 @@ def test_a_real_run_reports_what_its_studies_hold(tmp_path, monkeypatch, capsys)
     assert result["grid"]["best"] == max(v for v, _ in grid) and result["grid"]["trial_epochs"] == 2
     assert result["ratios"]["multivariate-tpe"] == pytest.approx(sum(e for _, e in tpe) / 2)
     assert f"wrote {output}" in capsys.readouterr().out
+    assert (tmp_path / "curve.png").stat().st_size > 0

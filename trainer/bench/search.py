@@ -24,6 +24,7 @@ from trainer.errors import UsageError
 ROOT = Path(__file__).resolve().parents[2]
 GRID_YAML = ROOT / "manifests" / "experiments" / "grid.yaml"
 TOLERANCE = 0.01
+TPE_STARTUP = 4
 ALGORITHMS = ("random", "multivariate-tpe")
 AXES = {
     "learning_rate": ["1e-5", "3e-5", "1e-4", "3e-4", "5e-4"],
@@ -44,6 +45,8 @@ def experiment(algorithm: str, axes: dict, seed: int, max_trials: int, goal: flo
     spec["algorithm"] = {"algorithmName": algorithm}
     if algorithm != "grid":
         spec["algorithm"]["algorithmSettings"] = [{"name": "random_state", "value": str(seed)}]
+        if algorithm == "multivariate-tpe":  # Optuna's default, 10 random trials first, is most of this grid
+            spec["algorithm"]["algorithmSettings"].append({"name": "n_startup_trials", "value": str(TPE_STARTUP)})
         spec["earlyStopping"] = MEDIANSTOP
         spec["objective"]["goal"] = goal
     spec["parameters"] = [{"name": name, "parameterType": "discrete", "feasibleSpace": {"list": values}}
@@ -75,6 +78,17 @@ def cost(trials: list[tuple[float | None, int]]) -> int:
     return sum(epochs for _, epochs in trials)
 
 
+def curve(trials: list[tuple[float | None, int]]) -> list[list]:
+    """[trial-epochs spent, best objective so far] after each trial, in trial (start) order."""
+    points, spent, best = [], 0, None
+    for value, epochs in trials:
+        spent += epochs
+        if value is not None and (best is None or value > best):
+            best = value
+        points.append([spent, best])
+    return points
+
+
 def reached(trials: list[tuple[float | None, int]], target: float) -> bool:
     return any(value is not None and value >= target for value, _ in trials)
 
@@ -83,30 +97,63 @@ def summarize(grid: list, runs: dict[str, list[list]]) -> dict:
     """The JSON figures: the grid's best and cost, each run's best, cost and ratio, each algorithm's mean ratio."""
     best = max(value for value, _ in grid if value is not None)
     target, spent = best - TOLERANCE, cost(grid)
-    result = {"grid": {"best": best, "trial_epochs": spent, "trials": len(grid)}, "target": target,
+    result = {"grid": {"best": best, "trial_epochs": spent, "trials": len(grid), "curve": curve(grid)},
+              "target": target,
               "runs": {}, "ratios": {}}
     for algorithm, seeds in runs.items():
         rows = [{"best": max((v for v, _ in t if v is not None), default=None), "trial_epochs": cost(t),
-                 "trials": len(t), "ratio": cost(t) / spent if reached(t, target) else None} for t in seeds]
+                 "trials": len(t), "ratio": cost(t) / spent if reached(t, target) else None,
+                 "curve": curve(t)} for t in seeds]
         result["runs"][algorithm] = rows
         ratios = [row["ratio"] for row in rows]
         result["ratios"][algorithm] = statistics.mean(ratios) if None not in ratios else None
     return result
 
 
-def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool = False) -> None:
+def draw_plot(result: dict, path: str) -> None:
+    """Best rouge_avg reached per trial-epochs spent: the grid, and each run of each algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lines = [("grid", "#555555", [result["grid"]["curve"]])]
+    lines += [(a, color, [run["curve"] for run in result["runs"][a]])
+              for a, color in zip(result["runs"], ("#1f77b4", "#d62728", "#2ca02c"))]
+    for name, color, curves in lines:
+        for i, points in enumerate(curves):
+            shown = [(x, y) for x, y in points if y is not None]
+            ax.step([x for x, _ in shown], [y for _, y in shown], where="post", color=color,
+                    label=name if i == 0 else None, alpha=0.8)
+    ax.axhline(result["target"], color="#999999", linestyle=":", label=f"grid's best - {TOLERANCE}")
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best rouge_avg so far")
+    ax.set_title("trainer bench search: builtin:tiny on builtin:sample (smoke)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool = False, plot: str = "") -> None:
     """Trial-epochs that random and multivariate-tpe (with medianstop) spend to get within 0.01 of
     the grid's best rouge_avg, over the grid's own trial-epochs, on the built-in task.
 
     Args:
         output: JSON file for the figures ({"grid", "runs", "ratios": {"random": r, "multivariate-tpe": t}})
         seeds: runs of each algorithm (their random_state: 1, 2, ...)
-        quick: a 3x2x2 grid instead of 5x2x2, and 2 seeds
+        quick: a 3x2x2 grid instead of 5x2x2, and at most 2 seeds
+        plot: PNG of the best rouge_avg reached per trial-epochs spent, every run (default: none)
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"--seeds={seeds!r} must be a whole number >= 1")
     if not str(output).endswith(".json"):
         raise UsageError(f"--output={output!r}: give a .json path")
+    if plot and not str(plot).endswith(".png"):
+        raise UsageError(f"--plot={plot!r}: give a .png path")
+    if not GRID_YAML.is_file():  # an installed package has no manifests/
+        raise UsageError(f"{GRID_YAML}: not found; run trainer bench search from a clone of the repository")
     axes = QUICK_AXES if quick else AXES
     seeds = min(seeds, 2) if quick else seeds
     size = len(axes["learning_rate"]) * len(axes["per_device_train_batch_size"]) * len(axes["num_train_epochs"])
@@ -128,3 +175,6 @@ def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool 
     say("ratios (trial-epochs to the grid's best - 0.01, over the grid's): " + ", ".join(
         f"{a} {'not reached' if r is None else f'{r:.2f}'}" for a, r in result["ratios"].items()))
     say(f"wrote {output}")
+    if plot:
+        draw_plot(result, plot)
+        say(f"plot: {plot}")
