@@ -17,7 +17,7 @@ TRAINER = [sys.executable, "-m", "trainer.cli"]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return builtin.tiny_model(tmp_path_factory.mktemp("cache"))
+    return builtin.tiny_model()
 
 
 def copy_model(tiny, folder, leave_out=()):

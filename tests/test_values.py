@@ -40,7 +40,7 @@ def test_value_the_run_would_reject_late_is_refused_first(tmp_path, flag, messag
 
 def test_limits_themselves_are_accepted():
     config = build_config({"seed": 2**32 - 1, "encoder_max_len": 3, "decoder_max_len": 3,
-                           "generation_max_length": 2}, check_names=False)
+                           "generation_max_length": 2, "no_repeat_ngram_size": 0}, check_names=False)
     assert config.seed == 4294967295
     assert build_config({"seed": 0}, check_names=False).seed == 0
 
