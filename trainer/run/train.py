@@ -3,7 +3,9 @@
 Every evaluation prints one timestamped metric line (report.py) and appends the same record
 to metrics.jsonl; the run ends with metrics.json and predictions.csv in output_dir. SIGTERM
 (a pod being evicted) saves a checkpoint through transformers' JIT checkpointing and exits
-143; the same command again resumes from the last checkpoint.
+143; the same command again resumes from the last complete checkpoint and first reprints the
+metric lines of the evaluations already done (with their timestamps), so the log of a replacement
+pod alone holds the trial's whole history.
 """
 
 from __future__ import annotations
@@ -281,16 +283,45 @@ def watch_sigterm(sigterm: dict) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT checkpoint, removed once saved
 
-    if not Path(output_dir).is_dir():
+
+def checkpoint_damage(folder: Path) -> str:
+    """Why a checkpoint folder cannot be resumed from ('' when it can). trainer_state.json is the
+    last file the Trainer writes into a checkpoint, so a SIGKILL during the save leaves it out."""
+    if (folder / INCOMPLETE_MARKER).exists():
+        return INCOMPLETE_MARKER
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError):
+        return "unreadable trainer_state.json"
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        return "no model weights"
+    return ""
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint. Damaged newer ones are removed with a warning: left in place,
+    a later save of the same step would write into them and keep their marker."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
         return None
-    found = get_last_checkpoint(output_dir)
-    if found and (Path(found) / "checkpoint-is-incomplete.txt").exists():
-        warn(f"ignoring incomplete checkpoint {found}")
-        return None
-    return found
+    steps = {}
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if path.is_dir() and step.isdigit():
+            steps[int(step)] = path
+    for step in sorted(steps, reverse=True):
+        damage = checkpoint_damage(steps[step])
+        if not damage:
+            return str(steps[step])
+        warn(f"skipping damaged checkpoint {steps[step]} ({damage}); removed")
+        shutil.rmtree(steps[step], ignore_errors=True)
+    return None
 
 
 def read_records(metrics_path: Path) -> list[dict]:
@@ -307,6 +338,18 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
     kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def reprint_records(metrics_path: Path) -> None:
+    """Print again the metric line of every evaluation done before the interruption, with its own
+    timestamp: Katib's collector reads only the surviving pod's log, which must hold the whole history."""
+    records = read_records(metrics_path)
+    if records:
+        print(f"trainer: reprinting the metric lines of {len(records)} evaluations done before the interruption",
+              file=sys.stderr, flush=True)
+    for r in records:
+        values = {name: r[name] for name in report.METRIC_NAMES}
+        report.emit(report.format_metric_line(values, r["epoch"], report.parse_timestamp(r["timestamp"])))
 
 
 def write_predictions(path: Path, split: Split, predictions: list[str]) -> None:
@@ -405,6 +448,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if resume_from:
         print(f"trainer: resuming from {resume_from}", file=sys.stderr, flush=True)
         keep_records_of_checkpoint(metrics_path, Path(resume_from))
+        reprint_records(metrics_path)
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
