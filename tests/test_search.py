@@ -250,9 +250,8 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("[fake-resume-001] started"):
-            break
-    time.sleep(0.5)  # the second trial is running now
+        if line.startswith("[fake-resume-001] evaluation 2:"):
+            break  # the second trial is running, two of its five epochs done
     process.send_signal(signal.SIGINT)
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == 130, "".join(lines) + rest
@@ -262,6 +261,8 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     first_value = study.trials[0].value
     stopped = run_record(out, "fake-resume-001")
     assert "end" not in stopped and gone(stopped["pid"])  # stopped mid-run, and really gone
+    done = stopped["trained_epochs"]
+    assert done[:2] == [1, 2] and len(done) < 5
 
     search.search(str(path), output_dir=str(out))
     printed = capsys.readouterr().out
@@ -270,6 +271,15 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     assert study.trials[0].value == first_value
     assert printed.count("] started") == 2  # only the rest of the budget ran
     assert study.trials[2].user_attrs["rerun_of"] == 1 and study.trials[2].params == study.trials[1].params
+    # The rerun continues in the interrupted trial's folder: its finished epochs are not trained again.
+    assert study.trials[2].user_attrs["trial_name"] == "fake-resume-001"
+    assert "[fake-resume-001] resumed from " in printed
+    rerun = run_record(out, "fake-resume-001")
+    assert rerun["pid"] != stopped["pid"] and rerun["trained_epochs"] == list(range(len(done) + 1, 6))
+    assert study.trials[2].value == pytest.approx(0.2 + 0.01 * 5)  # max over all five epochs
+    log = (out / "trials" / "fake-resume-001" / "trial.log").read_text()
+    assert log.count(" epoch=1 ") == 2  # the interrupted run's line, and its reprint in the rerun
+    assert study.trials[3].user_attrs["trial_name"] == "fake-resume-003"
     counted = [t.params["learning_rate"] for t in study.trials if search.katib_state(t) != "Interrupted"]
     assert sorted(counted) == ["0.1", "0.2", "0.3"]  # the whole grid, each point once
 

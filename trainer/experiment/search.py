@@ -16,8 +16,9 @@ wherever they decide a result:
 
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops the trial processes and marks their trials
 Interrupted (Optuna FAIL). Interrupted trials count toward neither maxTrialCount nor
-maxFailedTrialCount: the same command again first reruns their hyperparameters from the start,
-then the rest of the budget. Finished trials are never run again.
+maxFailedTrialCount: the same command again first reruns their hyperparameters, in the same
+trial folder (the trainer resumes from the checkpoint it saved on SIGTERM), then the rest of the
+budget. Finished trials are never run again.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ WITH_OBJECTIVE = (SUCCEEDED, EARLY_STOPPED)
 STOP_GRACE_S = 30.0  # SIGTERM makes the trainer save a checkpoint, which takes a few seconds
 LEFTOVER_GRACE_S = 5.0
 NO_TIMESTAMP = datetime.min.replace(tzinfo=timezone.utc)
+RESUMING = "trainer: resuming from "  # the trainer's line when it continues from a checkpoint
 SET_SEPARATOR = re.compile(r",(?=\s*-{0,2}[A-Za-z_][\w-]*\s*=)")
 
 
@@ -615,7 +617,8 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     rerun = {t.user_attrs.get("rerun_of") for t in trials}
     again = [t for t in trials if katib_state(t) == INTERRUPTED and t.number not in rerun]
     for trial in again:
-        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number,
+                                                      "trial_name": trial.user_attrs.get("trial_name")})
     done = counted(study)
     if done or again:
         say(f"  resuming: {len(done)} of {plan.max_trials} trials done earlier"
@@ -722,7 +725,7 @@ def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:
 
 def read_output(process: subprocess.Popen, log_path: Path, number: int, events: queue.Queue) -> None:
     """Tee the trial's output to trial.log and hand each line to the main thread."""
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # a rerun adds to its interrupted trial's log
         for raw in process.stdout:  # split on b"\n" only, as Katib's collector reads its log file
             log.write(raw)
             log.flush()
@@ -737,7 +740,8 @@ def describe(params: dict) -> str:
 def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) -> Running | None:
     rule = pruner.rule(study) if pruner else None  # Katib fixes the rule when it creates the trial
     trial = study.ask(plan.distributions)
-    name = f"{plan.experiment.name}-{trial.number:03d}"
+    # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
+    name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -747,7 +751,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     rerun = trial.user_attrs.get("rerun_of")
-    again = f" (rerun of interrupted trial {rerun})" if rerun is not None else ""
+    again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
     say(f"[{name}] started: {describe(trial.params)}{again}")
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -785,6 +789,8 @@ def to_number(text: str) -> float | None:
 def handle_line(plan: Plan, run: Running, text: str) -> None:
     if text.strip():
         run.tail.append(text)
+    if text.startswith(RESUMING):
+        say(f"[{run.name}] resumed from {text[len(RESUMING):]}")
     timestamp, found = report.parse_line(text, plan.metrics, plan.filters)
     for metric, value in found:
         run.reports.setdefault(metric, []).append((timestamp, value))
