@@ -46,6 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.run import builtin
 from trainer.experiment import check
+from trainer.experiment import gpus as devices
 from trainer.run import config
 from trainer.run import report
 from trainer.experiment import results
@@ -89,7 +90,7 @@ def warn(text: str) -> None:
 
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -110,9 +111,14 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
         output_dir: the study, trial outputs, best.yaml and plots (default
             outputs/search/EXPERIMENT, with -smoke added for --smoke)
         keep_models: keep every trial's best_model/ (default: only the best trial's)
+        gpus: GPUs for the trials, as CUDA_VISIBLE_DEVICES names them (--gpus=0,1; none = the CPU);
+            default: the visible ones. Each trial gets one (round-robin over the free ones), and
+            parallel defaults to their number
+        trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
     """
     overrides = trial_overrides(command_line_sets() or set)
-    plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir)
+    plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
+                     gpus, trials_per_gpu)
     sampler, pruner = make_sampler(plan), make_pruner(plan.experiment)
     show_plan(plan)
     study = open_study(plan, sampler, pruner)
@@ -214,6 +220,8 @@ class Plan:
     cache_dir: str
     entrypoint: list[str]
     notes: list[str] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)  # each trial gets one; none: trials on the CPU
+    trials_per_gpu: int = 1
 
 
 def select_experiment(path, name: str) -> ex.Experiment:
@@ -268,7 +276,8 @@ def entrypoint(command: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", "trainer.cli"]
 
 
-def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir) -> Plan:
+def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir, gpus=None,
+              trials_per_gpu=None) -> Plan:
     e = select_experiment(path, name)
     refuse_rejected(e)
     algorithm = e.algorithm.name
@@ -287,6 +296,12 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
             notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
             budget = size
     at_once = whole_number(parallel, "parallel")
+    gpu_names, per_gpu = gpu_plan(gpus, trials_per_gpu, at_once, notes)
+    if at_once is None and gpu_names:
+        at_once = len(gpu_names) * per_gpu
+        if e.parallel_trial_count not in (None, at_once):
+            notes.append(f"{at_once} trials at a time, as many as the GPUs take (the Experiment's "
+                         f"parallelTrialCount is {e.parallel_trial_count}; --parallel sets it)")
     if at_once is None:
         at_once = e.parallel_trial_count if e.parallel_trial_count is not None else ex.DEFAULT_PARALLEL_TRIAL_COUNT
     out = Path(output_dir or Path("outputs") / "search" / (e.name + ("-smoke" if smoke else ""))).resolve()
@@ -313,9 +328,28 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         cache_dir=config.default_cache_dir(),
         entrypoint=entrypoint(ex.template_argv(e)[0]),
         notes=notes,
+        gpus=gpu_names,
+        trials_per_gpu=per_gpu,
     )
     validate_locally(plan)
     return plan
+
+
+def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
+    """(GPUs for the trials, trials per GPU); no GPUs: the trials run on the CPU, as they always did."""
+    per_gpu = whole_number(trials_per_gpu, "trials_per_gpu") or 1
+    names = devices.parse_gpus(value)
+    if names is None:
+        names = devices.visible_gpus()
+    if not names:
+        if per_gpu > 1:
+            notes.append(f"--trials_per_gpu={per_gpu}: no GPU here, the trials run on the CPU")
+        return [], 1
+    if parallel is not None and parallel > len(names) * per_gpu:
+        raise UsageError(f"--parallel={parallel} is more trials at once than {len(names)} GPUs take at {per_gpu} "
+                         f"per GPU; lower --parallel, or share the GPUs with --trials_per_gpu="
+                         f"{-(-parallel // len(names))}")
+    return names, per_gpu
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
@@ -360,6 +394,9 @@ def show_plan(plan: Plan) -> None:
                 say(f"  smoke: medianstop judges a trial from evaluation {start} on: no trial stops early here")
     if plan.overrides:
         say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
+    if plan.gpus:
+        say(f"  GPUs: {','.join(plan.gpus)}, at most {plan.trials_per_gpu} trial(s) on each (CUDA_VISIBLE_DEVICES "
+            "set per trial)")
     if "OMP_NUM_THREADS" not in os.environ:
         say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({config.cpu_count()} CPUs, {plan.parallel} trials at once)")
     say(f"  study: {e.name} in {plan.storage}; trial outputs in {plan.output_dir / 'trials'}")
@@ -677,6 +714,7 @@ class Running:
     stop: str = ""  # why the search stopped it: EarlyStopped, Interrupted, DeadlineExceeded
     kill_at: float | None = None
     exited_at: float | None = None
+    gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None on the CPU
 
 
 def trial_dir(plan: Plan, name: str) -> Path:
@@ -712,8 +750,10 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     return plan.entrypoint + with_flags(argv[1:], flags)
 
 
-def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:
+def trial_env(plan: Plan, argv: list[str], name: str, gpu: str | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # the trial sees this one GPU, as its own device 0
     if "OMP_NUM_THREADS" not in os.environ:  # parallel trials on one CPU would fight over its cores
         env["OMP_NUM_THREADS"] = str(omp_threads(plan))
     if ex.parse_flags(argv).get("report_to") == "wandb":
@@ -737,7 +777,7 @@ def describe(params: dict) -> str:
     return " ".join(f"{k}={results.format_param(v)}" for k, v in params.items())
 
 
-def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) -> Running | None:
+def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gpu: str | None = None) -> Running | None:
     rule = pruner.rule(study) if pruner else None  # Katib fixes the rule when it creates the trial
     trial = study.ask(plan.distributions)
     # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
@@ -748,14 +788,17 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
     attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid()}
     if rule is not None:
         attrs[median.RULE_ATTR] = rule
+    if gpu is not None:
+        attrs["gpu"] = gpu
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     rerun = trial.user_attrs.get("rerun_of")
     again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
-    say(f"[{name}] started: {describe(trial.params)}{again}")
+    where = f" on GPU {gpu}" if gpu is not None else ""
+    say(f"[{name}] started{where}: {describe(trial.params)}{again}")
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=trial_env(plan, argv, name), start_new_session=True)
+                                   env=trial_env(plan, argv, name, gpu), start_new_session=True)
     except OSError as error:
         record(study, trial, FAILED, f"cannot start {argv[0]}: {error.strerror or error}", None, {}, [])
         say(f"[{name}] {FAILED}: cannot start {argv[0]}: {error.strerror or error}")
@@ -763,7 +806,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
     trial.set_user_attr("pid", process.pid)
     threading.Thread(target=read_output, args=(process, folder / "trial.log", trial.number, events),
                      daemon=True).start()
-    return Running(trial=trial, name=name, process=process, started=time.time())
+    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu)
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -905,10 +948,12 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     events: queue.Queue = queue.Queue()
     running: dict[int, Running] = {}
     reason = stop_reason(plan, study)
+    gpu = None  # the GPU the last trial got
     try:
         while True:
             while not reason and len(running) < plan.parallel and plan.max_trials - len(counted(study)) > len(running):
-                run = start_trial(plan, study, pruner, events)
+                gpu = devices.next_gpu(plan.gpus, [r.gpu for r in running.values()], plan.trials_per_gpu, gpu)
+                run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:
                     reason = stop_reason(plan, study)
                 else:
