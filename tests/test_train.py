@@ -154,6 +154,29 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache
                                                            for line in after]
 
 
+def one_epoch(tmp_path: Path, cache_dir: Path, name: str, *beams: str) -> tuple[dict, dict]:
+    """(the epoch's metric values, the final line's values) of a one-epoch run: one checkpoint, so
+    every run keeps the same model and only the decoding differs."""
+    result = subprocess.run(trainer_command(tmp_path / name, cache_dir, "--num_train_epochs=1",
+                                            "--per_device_train_batch_size=4",
+                                            "--max_eval_samples=16", *beams),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = set(METRIC_NAMES) | {"final_" + n for n in METRIC_NAMES}
+    epoch, final = (dict(parse_line(line, names)[1]) for line in result.stdout.split("\n") if " rouge_avg=" in line
+                    or " final_rouge_avg=" in line)
+    return epoch, final
+
+
+def test_greedy_epoch_evaluation_and_beam_search_for_the_kept_model(tmp_path, cache_dir):
+    beam_epoch, beam_final = one_epoch(tmp_path, cache_dir, "beam", "--num_beams=4")
+    epoch, final = one_epoch(tmp_path, cache_dir, "mixed", "--num_beams=4", "--eval_num_beams=1")
+    assert epoch["eval_loss"] == beam_epoch["eval_loss"], "the same model in both runs"
+    assert epoch != beam_epoch  # the epoch's evaluation decoded otherwise: greedily
+    assert final == beam_final  # the kept model: 4 beams, as in the run that never decoded greedily
+    assert final["final_rouge_avg"] == beam_epoch["rouge_avg"]
+
+
 def write_checkpoint(folder: Path, *files: str) -> Path:
     folder.mkdir(parents=True)
     for name in files:

@@ -86,6 +86,11 @@ def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
     return min(4, cpu_count()) if cuda else 0
 
 
+def epoch_beams(config: TrainConfig) -> int:
+    """Beam size of each epoch's evaluation; the final evaluation of the kept model uses num_beams."""
+    return config.eval_num_beams or config.num_beams
+
+
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     import torch
     from transformers import Seq2SeqTrainingArguments
@@ -119,7 +124,7 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
         logging_nan_inf_filter=False,  # a nan loss must be seen, not averaged away
         predict_with_generate=True,
         generation_max_length=config.generation_max_length,
-        generation_num_beams=config.num_beams,
+        generation_num_beams=epoch_beams(config),
         report_to=["wandb"] if config.report_to == "wandb" else [],
         disable_tqdm=not sys.stdout.isatty(),
         enable_jit_checkpoint=True,
@@ -237,7 +242,8 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
             record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
             with metrics_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
-            evaluation.note(state.global_step, values[report.OBJECTIVE])
+            if epoch_beams(config) == config.num_beams:  # else the final evaluation decodes again
+                evaluation.note(state.global_step, values[report.OBJECTIVE])
 
     class LossLine(TrainerCallback):
         """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
@@ -376,7 +382,8 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
+def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict],
+                     num_beams: int):
     """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
     example: (record of its epoch, metric values under final_* names, predictions by example).
     Reuses the best epoch's evaluation when that one covered every example."""
@@ -390,7 +397,7 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
 
         trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
         evaluation.order = order
-        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final", num_beams=num_beams)
         values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
                   for name in report.METRIC_NAMES}
         predictions = evaluation.predictions
@@ -488,7 +495,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if records:
         try:
             record, final, predictions = final_evaluation(trainer, evaluation, eval_dataset.select(everything),
-                                                          everything, records)
+                                                          everything, records, config.num_beams)
             report.emit(report.format_metric_line(final, record["epoch"]))
         except (TrainingDiverged, report.NonFiniteMetric) as error:
             print(f"trainer: error: {error}", file=sys.stderr, flush=True)
