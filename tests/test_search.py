@@ -384,10 +384,15 @@ def test_trials_share_a_gpu_only_when_asked(tmp_path, fake_trainer, monkeypatch,
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
     path = write_experiment(tmp_path, "fake-share", "grid", [discrete("learning_rate", "0.1", "0.2")],
                             max_trials=2, parallel=2, fixed=["--num_train_epochs=3"])
-    with pytest.raises(UsageError, match=r"--parallel=2 is more trials at once than 1 GPUs take at 1 per GPU; "
+    with pytest.raises(UsageError, match=r"--parallel=2 is more trials at once than 1 GPU\(s\) take at 1 per GPU; "
                                          r"lower --parallel, or share the GPUs with --trials_per_gpu=2"):
         search.search(str(path), output_dir=str(tmp_path / "refused"), gpus=3, parallel=2)
     assert not (tmp_path / "refused" / "trials").exists()
+    refused = subprocess.run([sys.executable, "-m", "trainer.cli", "search", str(path), "--gpus=3,3",
+                              f"--output_dir={tmp_path / 'refused'}"], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == ["trainer: error: --gpus=3,3 names a GPU twice (use --trials_per_gpu to "
+                                           "share one)"]
     out = tmp_path / "out"
     search.search(str(path), output_dir=str(out), gpus=3, trials_per_gpu=2)
     records = [run_record(out, f"fake-share-{n:03d}") for n in range(2)]

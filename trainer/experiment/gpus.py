@@ -68,14 +68,15 @@ def parse_gpus(value) -> list[str] | None:
         return None
     items = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
     names = [str(item).strip() for item in items if str(item).strip()]
+    shown = ",".join(names)  # as typed, not as fire parsed it: (0, 1)
     if names in ([], ["none"]):
         return []
     for name in names:
         if not GPU_NAME.fullmatch(name):
-            raise UsageError(f"--gpus={value!r}: {name!r} is not a GPU index or UUID "
+            raise UsageError(f"--gpus={shown}: {name!r} is not a GPU index or UUID "
                              "(e.g. --gpus=0,1; --gpus=none for the CPU)")
     if len(set(names)) != len(names):
-        raise UsageError(f"--gpus={value!r} names a GPU twice (use --trials_per_gpu to share one)")
+        raise UsageError(f"--gpus={shown} names a GPU twice (use --trials_per_gpu to share one)")
     return names
 
 

@@ -346,7 +346,7 @@ def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> t
             notes.append(f"--trials_per_gpu={per_gpu}: no GPU here, the trials run on the CPU")
         return [], 1
     if parallel is not None and parallel > len(names) * per_gpu:
-        raise UsageError(f"--parallel={parallel} is more trials at once than {len(names)} GPUs take at {per_gpu} "
+        raise UsageError(f"--parallel={parallel} is more trials at once than {len(names)} GPU(s) take at {per_gpu} "
                          f"per GPU; lower --parallel, or share the GPUs with --trials_per_gpu="
                          f"{-(-parallel // len(names))}")
     return names, per_gpu
