@@ -354,10 +354,10 @@ def draw_plot(result: dict, path: str) -> None:
 
 # ---------------------------------------------------------------- the command
 
-def parse_against(against) -> list[str]:
+def parse_against(against, option: str = "--against") -> list[str]:
     from trainer.experiment.search import parse_overrides  # the reader of `trainer search --set`
 
-    return [f"--{name}={value}" for name, value in parse_overrides(against, "--against").items()]
+    return [f"--{name}={value}" for name, value in parse_overrides(against, option).items()]
 
 
 def whole(name: str, value, least: int) -> int:
@@ -386,7 +386,7 @@ def say(text: str) -> None:
 
 def bench(output: str = "bench.json", model: str = "", train_examples: int = COMPETITION["train"],
           train_steps: int = 50, eval_examples: int = 128, repeats: int = 2, threads: int = 0, against: str = "",
-          plot: str = "") -> None:
+          plot: str = "", flags: str = "") -> None:
     """Measure training, evaluation, start-up, --help and memory, ours against the guide's baseline setup.
 
     Args:
@@ -399,6 +399,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         threads: torch threads per run (0 = torch's default)
         against: compare with ours plus these flags, comma-separated (e.g. "group_by_length=false") instead of the baseline
         plot: also draw the per-phase time of one trial to this PNG
+        flags: trainer flags for both sides, comma-separated (e.g. "bf16=false": compare --against in fp32)
     """
     train_examples = whole("train_examples", train_examples, 1)
     train_steps = whole("train_steps", train_steps, 1)
@@ -406,6 +407,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     repeats = whole("repeats", repeats, 1)
     threads = whole("threads", threads, 0)
     baseline_flags = parse_against(against) if against else BASELINE_FLAGS
+    both = parse_against(flags, "--flags") if flags else []
     if plot and not str(plot).endswith(".png"):
         raise UsageError(f"--plot={plot!r}: give a .png path")
     if threads:
@@ -419,9 +421,9 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
         files, stats = make_data(model_path, work, train_examples)
         common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
-        flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
+        setups = {"ours": [*common, *precision, *both], "baseline": [*common, *both, *baseline_flags]}
         data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}", f"--max_eval_samples={n_eval}"]
-        records = measure(flags, data, train_steps, work, repeats, worker_env(threads))
+        records = measure(setups, data, train_steps, work, repeats, worker_env(threads))
 
     tokens_per_example = stats["real_tokens_per_example"]
     result = {name: median_figures(records[name], train_examples, n_eval, tokens_per_example)
@@ -432,7 +434,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     result["setup"] = {"device": device, "threads": threads or "torch default", "repeats": repeats,
                        "model": model or f"small random BART {SMALL_BART}", "train_examples": train_examples,
                        "train_steps": train_steps, "eval_examples": n_eval,
-                       "ours_flags": flags["ours"][len(common):], "baseline_flags": flags["baseline"][len(common):],
+                       "ours_flags": setups["ours"][len(common):], "baseline_flags": setups["baseline"][len(common):],
                        "common_flags": COMMON_FLAGS, "trial": {**TRIAL, **COMPETITION}}
     result["data"] = stats
     result["runs"] = records
