@@ -1,5 +1,6 @@
 """Bad input ends in one clear line on stderr and exit 2, before any heavy work."""
 
+import os
 import subprocess
 import sys
 import time
@@ -76,7 +77,9 @@ def test_help_lists_every_flag_with_default_quickly():
 
     started = time.perf_counter()
     result = subprocess.run(["trainer", "--help"], capture_output=True, text=True, timeout=60,
-                            env={"PAGER": "cat", "PATH": str(__import__("pathlib").Path(sys.executable).parent)})
+                            env={"PAGER": "cat", "PATH": str(__import__("pathlib").Path(sys.executable).parent),
+                                 # the checkout under test, where PYTHONPATH names it (else the installed one)
+                                 **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
     elapsed = time.perf_counter() - started
     assert result.returncode == 0
     for name, field in FLAGS.items():
