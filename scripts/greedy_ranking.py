@@ -7,7 +7,9 @@ Trains builtin:tiny on builtin:sample once per learning rate and per-epoch decod
 (no early stopping), so each pair of runs has the same model at every epoch: the script checks that
 through eval_loss. Prints, per learning rate, the best rouge_avg under each decoding, the kept
 model's final_rouge_avg, and each epoch evaluation's mean time; then the Spearman rank correlation
-of the trials' best rouge_avg and the evaluation-time ratio (4 beams / greedy). Results in OUT_DIR/ranking.json.
+of the trials' best rouge_avg, that of every evaluated model state's rouge_avg, and the
+evaluation-time ratio (4 beams / greedy). Results in OUT_DIR/ranking.json; runs already in OUT_DIR
+are not run again.
 """
 
 import json
@@ -95,13 +97,17 @@ def main(out: Path, rates: list[str]) -> None:
     beam = [max(e["rouge_avg"] for e in r["4"]["evaluations"]) for r in rows]
     ratio = statistics.fmean(e["seconds"] for r in rows for e in r["4"]["evaluations"]) / statistics.fmean(
         e["seconds"] for r in rows for e in r["1"]["evaluations"])
+    states = [(a["rouge_avg"], b["rouge_avg"])
+              for r in rows for a, b in zip(r["1"]["evaluations"], r["4"]["evaluations"])]
     summary = {"spearman": spearman(greedy, beam), "eval_time_ratio_beams4_over_greedy": ratio,
+               "spearman_over_evaluations": spearman([g for g, _ in states], [b for _, b in states]),
                "best_by_greedy": rows[greedy.index(max(greedy))]["learning_rate"],
                "best_by_beams": rows[beam.index(max(beam))]["learning_rate"]}
     (out / "ranking.json").write_text(json.dumps({"summary": summary, "trials": rows}, indent=1))
     print(f"Spearman rank correlation of the trials' best rouge_avg, greedy vs 4 beams: {summary['spearman']:.3f}; "
           f"best trial: lr {summary['best_by_greedy']} (greedy) / {summary['best_by_beams']} (4 beams); "
-          f"epoch evaluation time, 4 beams / greedy: {ratio:.2f}x")
+          f"epoch evaluation time, 4 beams / greedy: {ratio:.2f}x; over the {len(states)} evaluated model states: "
+          f"{summary['spearman_over_evaluations']:.3f}")
 
 
 if __name__ == "__main__":
