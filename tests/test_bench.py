@@ -18,7 +18,8 @@ KEYS = {"train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "star
 def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path):
     output, plot = tmp_path / "bench.json", tmp_path / "trial.png"
     result = subprocess.run([*TRAINER, "bench", "--model=builtin:tiny", "--train_examples=48", "--train_steps=2",
-                             "--eval_examples=4", "--repeats=1", f"--output={output}", f"--plot={plot}"],
+                             "--eval_examples=4", "--repeats=1", f"--output={output}", f"--plot={plot}",
+                             "--flags=num_beams=1"],
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRAINER_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,7 +28,9 @@ def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path):
         assert KEYS <= set(figures[side]), side
         assert all(value > 0 for value in figures[side].values()), figures[side]
     assert KEYS | {"startup_warm_vs_cold"} <= set(figures["ratios"])
-    assert figures["setup"]["baseline_flags"] == bench.BASELINE_FLAGS
+    # --flags go to both sides; the baseline's own flags come after them
+    assert figures["setup"]["baseline_flags"] == ["--num_beams=1", *bench.BASELINE_FLAGS]
+    assert figures["setup"]["ours_flags"][-1] == "--num_beams=1"
     assert set(figures["trial"]["ours"]) == {"start-up", "training", "evaluation", "final evaluation"}
     assert len(figures["runs"]["ours"]) == len(figures["runs"]["baseline"]) == 1
     assert "training samples/s" in result.stdout and "ratio" in result.stdout
@@ -51,6 +54,7 @@ def test_synthetic_lengths_follow_the_stated_distribution(tmp_path):
 def test_bad_bench_arguments_give_one_clear_line():
     for args, expected in ((["--repeats=0"], "--repeats=0 must be a whole number >= 1"),
                            (["--against=group_by_lenght=false"], "did you mean --group_by_length?"),
+                           (["--flags=lerning_rate=1"], "--flags 'lerning_rate=1': unknown flag --lerning_rate"),
                            (["--model=/nonexistent"], "--model '/nonexistent': not a local model directory"),
                            (["--plot=trial.svg"], "give a .png path")):
         result = subprocess.run([*TRAINER, "bench", *args], capture_output=True, text=True, timeout=120)

@@ -154,6 +154,20 @@ def early_stopping_setting(name, value):
     return mutate
 
 
+def job_spec(doc: dict) -> dict:
+    return doc["spec"]["trialTemplate"]["trialSpec"]["spec"]
+
+
+def failure_rule(index, **changes):
+    """Change rule `index` of the good podFailurePolicy (0: Ignore DisruptionTarget, 1: FailJob on exit 2)."""
+    def mutate(doc):
+        rule = job_spec(doc)["podFailurePolicy"]["rules"][index]
+        for key, value in changes.items():
+            target = rule["onExitCodes"] if key in ("containerName", "operator", "values") else rule
+            target[key] = value
+    return mutate
+
+
 def trial_spec_name(doc):
     doc["spec"]["trialTemplate"]["trialSpec"]["metadata"]["name"] = "fixed"
 
@@ -268,6 +282,24 @@ BROKEN = [
     ("trial-parameter-undeclared", add_arg("--seed=${trialParameters.seed}"), "spec.trialTemplate.trialParameters",
      "${trialParameters.seed} is used in the trialSpec but not declared"),
     ("trial-spec-name", trial_spec_name, "spec.trialTemplate.trialSpec.metadata", "must not set name or namespace"),
+    ("failure-policy-restart", lambda d: job_spec(d)["template"]["spec"].update(restartPolicy="OnFailure"),
+     "podFailurePolicy", "needs template.spec.restartPolicy Never"),
+    ("failure-policy-container", failure_rule(1, containerName="trainer"),
+     "podFailurePolicy.rules[1].onExitCodes.containerName", "'trainer' is not a container of the trial Job"),
+    ("failure-policy-operator", failure_rule(1, operator="Equals"),
+     "podFailurePolicy.rules[1].onExitCodes.operator", "'Equals' is not one of In, NotIn"),
+    ("failure-policy-no-values", failure_rule(1, values=[]), "podFailurePolicy.rules[1].onExitCodes.values",
+     "non-empty list of integer exit codes"),
+    ("failure-policy-string-values", failure_rule(1, values=["2"]), "podFailurePolicy.rules[1].onExitCodes.values",
+     "non-empty list of integer exit codes"),
+    ("failure-policy-zero", failure_rule(1, values=[0, 2]), "podFailurePolicy.rules[1].onExitCodes.values",
+     "0 is not allowed with operator In"),
+    ("failure-policy-action", failure_rule(0, action="Retry"), "podFailurePolicy.rules[0].action",
+     "'Retry' is not one of FailJob, Ignore, Count, FailIndex"),
+    ("failure-policy-condition-type", failure_rule(0, onPodConditions=[{"status": "True"}]),
+     "podFailurePolicy.rules[0].onPodConditions[0]", "needs a type"),
+    ("failure-policy-both", failure_rule(0, onExitCodes={"operator": "In", "values": [1]}),
+     "podFailurePolicy.rules[0]", "exactly one of onExitCodes and onPodConditions"),
     ("trial-spec-kind", lambda d: d["spec"]["trialTemplate"]["trialSpec"].update(kind="Pod", apiVersion="v1"),
      "spec.trialTemplate.trialSpec", "trials of this trainer are batch/v1 Jobs"),
     ("collector-none", set_spec("metricsCollectorSpec", {"collector": {"kind": "None"}}),

@@ -201,7 +201,13 @@ def test_trial_job_is_hardened_and_gets_one_gpu(experiments):
     for e in experiments:
         job = e.trial_template.trial_spec
         assert ex.is_batch_job(job)
-        assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] > 0
+        assert job["spec"]["activeDeadlineSeconds"] > 0
+        # preemption retries for free, a usage error (exit 2) ends the Job, other failures retry twice
+        assert job["spec"]["backoffLimit"] == 2
+        assert job["spec"]["podFailurePolicy"]["rules"] == [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": "training-container", "operator": "In",
+                                                  "values": [2]}}]
         pod = pod_spec(e)
         assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == uid

@@ -52,6 +52,7 @@ def fake_trainer(tmp_path, monkeypatch):
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.05")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever this machine has: trials on the CPU
     return script
 
 
@@ -270,9 +271,8 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if line.startswith("[fake-resume-001] started"):
-            break
-    time.sleep(0.5)  # the second trial is running now
+        if line.startswith("[fake-resume-001] evaluation 2:"):
+            break  # the second trial is running, two of its five epochs done
     process.send_signal(signal.SIGINT)
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == 130, "".join(lines) + rest
@@ -282,6 +282,8 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     first_value = study.trials[0].value
     stopped = run_record(out, "fake-resume-001")
     assert "end" not in stopped and gone(stopped["pid"])  # stopped mid-run, and really gone
+    done = stopped["trained_epochs"]
+    assert done[:2] == [1, 2] and len(done) < 5
 
     search.search(str(path), output_dir=str(out))
     printed = capsys.readouterr().out
@@ -290,6 +292,15 @@ def test_interrupted_search_resumes_with_only_the_rest_of_the_budget(tmp_path, f
     assert study.trials[0].value == first_value
     assert printed.count("] started") == 2  # only the rest of the budget ran
     assert study.trials[2].user_attrs["rerun_of"] == 1 and study.trials[2].params == study.trials[1].params
+    # The rerun continues in the interrupted trial's folder: its finished epochs are not trained again.
+    assert study.trials[2].user_attrs["trial_name"] == "fake-resume-001"
+    assert "[fake-resume-001] resumed from " in printed
+    rerun = run_record(out, "fake-resume-001")
+    assert rerun["pid"] != stopped["pid"] and rerun["trained_epochs"] == list(range(len(done) + 1, 6))
+    assert study.trials[2].value == pytest.approx(0.2 + 0.01 * 5)  # max over all five epochs
+    log = (out / "trials" / "fake-resume-001" / "trial.log").read_text()
+    assert log.count(" epoch=1 ") == 2  # the interrupted run's line, and its reprint in the rerun
+    assert study.trials[3].user_attrs["trial_name"] == "fake-resume-003"
     counted = [t.params["learning_rate"] for t in study.trials if search_study.katib_state(t) != "Interrupted"]
     assert sorted(counted) == ["0.1", "0.2", "0.3"]  # the whole grid, each point once
 
@@ -362,6 +373,108 @@ def test_rerunning_a_finished_search_runs_nothing(tmp_path, fake_trainer, capsys
     search.search(str(path), output_dir=str(out))
     assert "] started" not in capsys.readouterr().out
     assert len(load(out, "fake-done").trials) == 1
+
+
+def overlapping(records: list[dict]) -> list[tuple[dict, dict]]:
+    return [(a, b) for i, a in enumerate(records) for b in records[i + 1:]
+            if a["start"] < b["end"] and b["start"] < a["end"]]
+
+
+def test_each_trial_gets_one_visible_gpu_and_parallel_defaults_to_their_count(tmp_path, fake_trainer, monkeypatch,
+                                                                               capsys):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # the GPUs this search may use
+    path = write_experiment(tmp_path, "fake-gpus", "grid", [discrete("learning_rate", "0.1", "0.2", "0.3", "0.4")],
+                            max_trials=4, parallel=1, fixed=["--num_train_epochs=3"])
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out))
+    printed = capsys.readouterr().out
+    assert "maxTrialCount 4), 2 at a time" in printed  # two GPUs: two trials at once, not parallelTrialCount's one
+    records = [run_record(out, f"fake-gpus-{n:03d}") for n in range(4)]
+    assert [r["cuda_visible_devices"] for r in records[:2]] == ["4", "5"]  # round-robin
+    assert {r["cuda_visible_devices"] for r in records} == {"4", "5"}
+    pairs = overlapping(records)
+    assert pairs, "two trials ran at once"
+    assert all(a["cuda_visible_devices"] != b["cuda_visible_devices"] for a, b in pairs), "never two on one GPU"
+    study = load(out, "fake-gpus")
+    assert [t.user_attrs["gpu"] for t in study.trials] == [r["cuda_visible_devices"] for r in records]
+
+
+def test_trials_share_a_gpu_only_when_asked(tmp_path, fake_trainer, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
+    path = write_experiment(tmp_path, "fake-share", "grid", [discrete("learning_rate", "0.1", "0.2")],
+                            max_trials=2, parallel=2, fixed=["--num_train_epochs=3"])
+    with pytest.raises(UsageError, match=r"--parallel=2 is more trials at once than 1 GPU\(s\) take at 1 per GPU; "
+                                         r"lower --parallel, or share the GPUs with --trials_per_gpu=2"):
+        search.search(str(path), output_dir=str(tmp_path / "refused"), gpus=3, parallel=2)
+    assert not (tmp_path / "refused" / "trials").exists()
+    refused = subprocess.run([sys.executable, "-m", "trainer.cli", "search", str(path), "--gpus=3,3",
+                              f"--output_dir={tmp_path / 'refused'}"], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == ["trainer: error: --gpus=3,3 names a GPU twice (use --trials_per_gpu to "
+                                           "share one)"]
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out), gpus=3, trials_per_gpu=2)
+    records = [run_record(out, f"fake-share-{n:03d}") for n in range(2)]
+    assert [r["cuda_visible_devices"] for r in records] == ["3", "3"] and overlapping(records)
+
+
+def test_without_gpus_trials_run_as_before(tmp_path, fake_trainer, monkeypatch, capsys):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    path = write_experiment(tmp_path, "fake-cpu", "grid", [discrete("learning_rate", "0.1", "0.2")],
+                            max_trials=2, parallel=2)
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out), gpus="none")
+    assert "maxTrialCount 2), 2 at a time" in capsys.readouterr().out  # the Experiment's parallelTrialCount
+    assert [run_record(out, f"fake-cpu-{n:03d}")["cuda_visible_devices"] for n in range(2)] == [None, None]
+
+
+def test_gpus_are_read_from_cuda_visible_devices_or_nvidia_smi(tmp_path, monkeypatch):
+    from trainer.experiment import gpus
+
+    for value, seen in (("2,3", ["2", "3"]), ("0,-1,1", ["0"]), ("", []), ("-1", []),
+                        ("GPU-8f2a-11, 1", ["GPU-8f2a-11", "1"])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert gpus.visible_gpus() == seen, value
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                   "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa-0000)\n"
+                   "GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-bbbb-1111)\n"
+                   "  MIG 3g.40gb     Device  0: (UUID: MIG-cccc-2222)\n"
+                   "  MIG 3g.40gb     Device  1: (UUID: MIG-dddd-3333)\n"
+                   "GPU 2: NVIDIA H200 (UUID: GPU-eeee-4444)\n"
+                   "EOF\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert gpus.visible_gpus() == ["0", "MIG-cccc-2222", "MIG-dddd-3333", "2"]
+
+
+@pytest.mark.parametrize("value, names", [((0, 1), ["0", "1"]), (0, ["0"]), ("0,2", ["0", "2"]), ("none", []),
+                                          ("", []), (None, None)])
+def test_gpus_option_values(value, names):
+    from trainer.experiment import gpus
+
+    assert gpus.parse_gpus(value) == names
+
+
+@pytest.mark.parametrize("value, message", [("0,0", "names a GPU twice"), ("cuda:0", "is not a GPU index or UUID")])
+def test_gpus_option_rejects(value, message):
+    from trainer.experiment import gpus
+
+    with pytest.raises(UsageError, match=message):
+        gpus.parse_gpus(value)
+
+
+def test_round_robin_takes_the_least_busy_gpu_after_the_last_one():
+    from trainer.experiment.gpus import next_gpu
+
+    assert next_gpu(["0", "1", "2"], [], 1) == "0"
+    assert next_gpu(["0", "1", "2"], ["0"], 1, last="0") == "1"
+    assert next_gpu(["0", "1", "2"], ["1"], 1, last="2") == "0"  # 0 came free: after 2 comes 0 again
+    assert next_gpu(["0", "1"], ["0", "1"], 1) is None
+    assert next_gpu(["0", "1"], ["0", "1", "0"], 2, last="0") == "1"  # fewest trials first
+    assert next_gpu([], [], 1) is None
 
 
 def test_wandb_trials_are_grouped_by_experiment(tmp_path, fake_trainer, monkeypatch, capsys):

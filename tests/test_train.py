@@ -3,10 +3,10 @@
 import csv
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -137,35 +137,112 @@ def test_early_stopping_says_when_and_why_and_metrics_json_records_it(tmp_path, 
     assert len(katib_records(result.stdout)) == 2  # one metric line per epoch that ran
 
 
+def metric_lines(text: str) -> list[str]:
+    return [line for line in text.split("\n") if " rouge_avg=" in line and " final_" not in line]
+
+
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, cache_dir):
-    command = trainer_command(tmp_path / "run", cache_dir, "--num_train_epochs=6", "--max_train_samples=160",
+    run = tmp_path / "run"
+    command = trainer_command(run, cache_dir, "--num_train_epochs=6", "--max_train_samples=160",
                               "--max_eval_samples=8", "--num_beams=1", "--logging_steps=1")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = []
     for line in process.stdout:
+        printed.append(line)
         if " epoch=1 " in line:  # first evaluation done: training is well under way
             break
     process.send_signal(signal.SIGTERM)
     remaining, stderr = process.communicate(timeout=600)
     assert process.returncode == 143, stderr[-2000:]
     assert "stopped by SIGTERM" in stderr
-    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
     assert checkpoints, "a checkpoint was saved"
-    saved_step = checkpoints[-1]
-    assert saved_step > 10  # past epoch 1 (10 steps): the JIT checkpoint, not just the epoch one
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    saved_step = checkpoints[-1]  # where the signal came decides which step: the epoch's end or later
+    assert (run / f"checkpoint-{saved_step}" / "trainer_state.json").is_file()
+    assert not (run / f"checkpoint-{saved_step}" / "checkpoint-is-incomplete.txt").exists()
+    assert not (run / "metrics.json").exists()
+    before = metric_lines("".join(printed) + remaining)
+    # A later checkpoint that a SIGKILL cut short: the weights written, trainer_state.json not yet.
+    cut = run / f"checkpoint-{saved_step + 5}"
+    shutil.copytree(run / f"checkpoint-{saved_step}", cut)
+    (cut / "trainer_state.json").unlink()
 
-    started = time.time()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {tmp_path / 'run' / f'checkpoint-{saved_step}'}" in resumed.stderr
+    assert f"skipping damaged checkpoint {cut} (no trainer_state.json)" in resumed.stderr
+    assert f"resuming from {run / f'checkpoint-{saved_step}'}" in resumed.stderr
     steps = [int(m) for m in re.findall(r" step (\d+) ", resumed.stdout)]
     assert steps and min(steps) == saved_step + 1, "training continues after the saved step"
     assert max(steps) == 60  # 160 examples / 16 per batch * 6 epochs
-    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    summary = json.loads((run / "metrics.json").read_text())
     assert summary["last_epoch"]["epoch"] == 6 and summary["evaluations"] == 6
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4, 5, 6], "each epoch's evaluation recorded once across the interruption"
-    assert time.time() - started < 300
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6], "each epoch's evaluation recorded once"
+    # The resumed log alone holds the whole history: the evaluations of the first process again,
+    # byte for byte (original timestamps), before the new ones.
+    after = metric_lines(resumed.stdout)
+    assert len(after) == 6 and after[:len(before)] == before
+    names = set(METRIC_NAMES)
+    assert [parse_line(line, names) for line in after[:len(before)]] == [parse_line(line, names) for line in before]
+    assert [round(r["rouge_avg"], 4) for r in records] == [float(dict(parse_line(line, names)[1])["rouge_avg"])
+                                                           for line in after]
+
+
+def one_epoch(tmp_path: Path, cache_dir: Path, name: str, *beams: str) -> tuple[dict, dict]:
+    """(the epoch's metric values, the final line's values) of a one-epoch run: one checkpoint, so
+    every run keeps the same model and only the decoding differs."""
+    result = subprocess.run(trainer_command(tmp_path / name, cache_dir, "--num_train_epochs=1",
+                                            "--per_device_train_batch_size=4",
+                                            "--max_eval_samples=16", *beams),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = set(METRIC_NAMES) | {"final_" + n for n in METRIC_NAMES}
+    epoch, final = (dict(parse_line(line, names)[1]) for line in result.stdout.split("\n") if " rouge_avg=" in line
+                    or " final_rouge_avg=" in line)
+    return epoch, final
+
+
+def test_greedy_epoch_evaluation_and_beam_search_for_the_kept_model(tmp_path, cache_dir):
+    beam_epoch, beam_final = one_epoch(tmp_path, cache_dir, "beam", "--num_beams=4")
+    epoch, final = one_epoch(tmp_path, cache_dir, "mixed", "--num_beams=4", "--eval_num_beams=1")
+    assert epoch["eval_loss"] == beam_epoch["eval_loss"], "the same model in both runs"
+    assert epoch != beam_epoch  # the epoch's evaluation decoded otherwise: greedily
+    assert final == beam_final  # the kept model: 4 beams, as in the run that never decoded greedily
+    assert final["final_rouge_avg"] == beam_epoch["rouge_avg"]
+
+
+def write_checkpoint(folder: Path, *files: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text("{}" if name.endswith(".json") else "weights", encoding="utf-8")
+    return folder
+
+
+def test_damaged_checkpoints_fall_back_to_the_newest_complete_one(tmp_path, capsys):
+    from trainer.run.train import last_checkpoint
+
+    complete = ("config.json", "model.safetensors", "trainer_state.json")
+    write_checkpoint(tmp_path / "checkpoint-10", *complete)
+    good = write_checkpoint(tmp_path / "checkpoint-20", *complete)
+    marked = write_checkpoint(tmp_path / "checkpoint-30", *complete, "checkpoint-is-incomplete.txt")
+    config_only = write_checkpoint(tmp_path / "checkpoint-40", "config.json")
+    truncated = write_checkpoint(tmp_path / "checkpoint-50", "config.json", "model.safetensors")
+    (truncated / "trainer_state.json").write_text('{"global_step": 5', encoding="utf-8")
+    assert last_checkpoint(str(tmp_path)) == str(good)
+    warnings = capsys.readouterr().err
+    for folder, why in ((marked, "checkpoint-is-incomplete.txt"), (config_only, "no trainer_state.json"),
+                        (truncated, "unreadable trainer_state.json")):
+        assert f"skipping damaged checkpoint {folder} ({why})" in warnings
+        assert not folder.exists()
+    assert (tmp_path / "checkpoint-10").is_dir()
+
+
+def test_no_complete_checkpoint_means_a_fresh_start(tmp_path):
+    from trainer.run.train import last_checkpoint
+
+    write_checkpoint(tmp_path / "checkpoint-10", "config.json")
+    assert last_checkpoint(str(tmp_path)) is None
+    assert last_checkpoint(str(tmp_path / "absent")) is None
 
 
 def test_nan_is_never_printed():

@@ -11,7 +11,10 @@ Behaviour, from its flags:
   FAKE_STOP_AT=K (env)   its own early stopping ends it after epoch K (said in metrics.json)
   FAKE_SPREAD=S (env)    predictions.csv's per-example rouge_avg spread by S around the trial's value,
                          independently per learning rate (0: every example scores the trial's value)
-It writes run.json into --output_dir: its pid, argv, start time, and end time (absent when killed);
+It writes run.json into --output_dir: its pid, argv, CUDA_VISIBLE_DEVICES (None when unset), start
+time, the epochs it trained, and end time (absent when killed). Like the trainer it resumes: each
+evaluated epoch's line goes to epochs.txt in --output_dir; a later run in that folder says
+"trainer: resuming from ...", reprints those lines and trains only the epochs after them;
 a finished run also writes metrics.json (epochs run) and predictions.csv (FAKE_EXAMPLES rows, 40).
 """
 
@@ -33,23 +36,35 @@ def main() -> int:
     flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--") and "=" in arg)
     folder = flags["output_dir"]
     os.makedirs(folder, exist_ok=True)
-    record = {"pid": os.getpid(), "argv": sys.argv[1:], "start": time.time()}
+    record = {"pid": os.getpid(), "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+              "start": time.time(), "trained_epochs": []}
     save(folder, record)
     if flags.get("report_to") == "wandb":
         os.makedirs(os.path.join(folder, "wandb", f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"))
+    done_path = os.path.join(folder, "epochs.txt")
+    done = open(done_path).read().splitlines() if os.path.exists(done_path) else []
     learning_rate = float(flags.get("learning_rate", "0.1")) * float(os.environ.get("FAKE_LR_SCALE", "1"))
     epochs = int(float(flags.get("num_train_epochs", "3")))
     seed = flags.get("seed", "42")
     pause = float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05"))
     print("fake trainer: training", flush=True)
     last = min(epochs, int(os.environ.get("FAKE_STOP_AT", epochs)))
-    for epoch in range(1, last + 1 if seed != "14" else 1):
+    if done:
+        print(f"trainer: resuming from {folder}/checkpoint-{len(done) * 10}", file=sys.stderr, flush=True)
+        for line in done:
+            print(line, flush=True)
+    for epoch in range(len(done) + 1, last + 1 if seed != "14" else 1):
         time.sleep(pause)
         print(f"step {epoch * 10} epoch {epoch} loss 1.0", flush=True)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         value = learning_rate + 0.01 * epoch
-        print(f"{stamp} epoch={epoch} rouge1={value:.4f} rouge2={value:.4f} rougeL={value:.4f} "
-              f"rouge_avg={value:.4f} eval_loss={1 / epoch:.4f}", flush=True)
+        line = (f"{stamp} epoch={epoch} rouge1={value:.4f} rouge2={value:.4f} rougeL={value:.4f} "
+                f"rouge_avg={value:.4f} eval_loss={1 / epoch:.4f}")
+        print(line, flush=True)
+        with open(done_path, "a") as out:
+            out.write(line + "\n")
+        record["trained_epochs"].append(epoch)
+        save(folder, record)
         if seed == "13":
             print("fake trainer: error: simulated crash", file=sys.stderr, flush=True)
             return 3

@@ -110,11 +110,11 @@ def measure(flags: dict[str, list[str]], data: list[str], train_steps: int, work
     return records
 
 
-def parse_against(against) -> list[str]:
+def parse_against(against, option: str = "--against") -> list[str]:
     from trainer.flags import parse_assignments  # the reader of `trainer search --set`
     from trainer.run.config import FLAGS
 
-    return [f"--{name}={value}" for name, value in parse_assignments(against, "--against", FLAGS).items()]
+    return [f"--{name}={value}" for name, value in parse_assignments(against, option, FLAGS).items()]
 
 
 def check_flags(flags: list[str]) -> None:
@@ -151,7 +151,7 @@ def say(text: str) -> None:
 
 def bench(output: str = "bench.json", model: str = "", train_examples: int = COMPETITION["train"],
           train_steps: int = 50, eval_examples: int = 128, repeats: int = 2, threads: int = 0, against: str = "",
-          plot: str = "") -> None:
+          plot: str = "", flags: str = "") -> None:
     """Measure training, evaluation, start-up, --help and memory, ours against the guide's baseline setup.
 
     Args:
@@ -164,6 +164,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         threads: torch threads per run (0 = torch's default)
         against: compare with ours plus these flags, comma-separated (e.g. "group_by_length=false") instead of the baseline
         plot: also draw the per-phase time of one trial to this PNG
+        flags: trainer flags for both sides, comma-separated (e.g. "bf16=false": compare --against in fp32)
     """
     train_examples = whole("train_examples", train_examples, 1)
     train_steps = whole("train_steps", train_steps, 1)
@@ -171,6 +172,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     repeats = whole("repeats", repeats, 1)
     threads = whole("threads", threads, 0)
     baseline_flags = parse_against(against) if against else BASELINE_FLAGS
+    both = parse_against(flags, "--flags") if flags else []
     if plot and not str(plot).endswith(".png"):
         raise UsageError(f"--plot={plot!r}: give a .png path")
     if threads:
@@ -184,11 +186,11 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         say(f"model {model or 'small random BART'}, device {device}; writing synthetic data")
         files, stats = make_data(model_path, work, train_examples)
         common = [*COMMON_FLAGS, f"--model_name_or_path={model_path}"]
-        flags = {"ours": [*common, *precision], "baseline": [*common, *baseline_flags]}
-        for side in flags.values():
+        setups = {"ours": [*common, *precision, *both], "baseline": [*common, *both, *baseline_flags]}
+        for side in setups.values():
             check_flags(side)
         data = [f"--train_file={files['train']}", f"--eval_file={files['dev']}", f"--max_eval_samples={n_eval}"]
-        records = measure(flags, data, train_steps, work, repeats, worker_env(threads))
+        records = measure(setups, data, train_steps, work, repeats, worker_env(threads))
 
     tokens_per_example = stats["real_tokens_per_example"]
     result = {name: median_figures(records[name], train_examples, n_eval, tokens_per_example)
@@ -199,7 +201,7 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
     result["setup"] = {"device": device, "threads": threads or "torch default", "repeats": repeats,
                        "model": model or f"small random BART {SMALL_BART}", "train_examples": train_examples,
                        "train_steps": train_steps, "eval_examples": n_eval,
-                       "ours_flags": flags["ours"][len(common):], "baseline_flags": flags["baseline"][len(common):],
+                       "ours_flags": setups["ours"][len(common):], "baseline_flags": setups["baseline"][len(common):],
                        "common_flags": COMMON_FLAGS, "trial": {**TRIAL, **COMPETITION}}
     result["data"] = stats
     result["runs"] = records

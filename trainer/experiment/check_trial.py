@@ -11,6 +11,7 @@ from trainer.errors import UsageError
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
+from trainer.experiment.check_job import check_pod_failure_policy
 from trainer.experiment.findings import Report
 from trainer.flags import flag_name, format_value, parse_flags
 from trainer.run.config import COMMAND_FLAGS, build_config, unknown_flag_message
@@ -124,6 +125,8 @@ def check_template(e: ex.Experiment, report: Report) -> bool:
     elif not job:
         report.problem(f"{field}.trialSpec", f"{t.trial_spec.get('apiVersion')}/{t.trial_spec.get('kind')}: "
                                              "trials of this trainer are batch/v1 Jobs (one process, one GPU)")
+    if job:
+        check_pod_failure_policy(t.trial_spec, report)
     sound = check_trial_parameters(e, report)
     if t.primary_container_name and job and ex.primary_container(e) is None:
         names = ", ".join(str(c.get("name")) for c in ex.containers(e)) or "none"

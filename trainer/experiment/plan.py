@@ -18,6 +18,7 @@ from pathlib import Path
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment import check, check_trial, space
+from trainer.experiment import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
@@ -61,6 +62,8 @@ class Plan:
     entrypoint: list[str]
     notes: list[str] = field(default_factory=list)
     definition: dict = field(default_factory=dict)  # what the study's trials depend on (study.py checks it)
+    gpus: list[str] = field(default_factory=list)  # each trial gets one; none: trials on the CPU
+    trials_per_gpu: int = 1
 
 
 def select_experiment(path, name: str) -> ex.Experiment:
@@ -108,7 +111,8 @@ def entrypoint(command: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", "trainer.cli"]
 
 
-def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir) -> Plan:
+def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir, gpus=None,
+              trials_per_gpu=None) -> Plan:
     e = select_experiment(path, name)
     refuse_rejected(e)
     refuse_searched_overrides(e, overrides)
@@ -128,6 +132,12 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
             notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
             budget = size
     at_once = whole_number(parallel, "parallel")
+    gpu_names, per_gpu = gpu_plan(gpus, trials_per_gpu, at_once, notes)
+    if at_once is None and gpu_names:
+        at_once = len(gpu_names) * per_gpu
+        if e.parallel_trial_count not in (None, at_once):
+            notes.append(f"{at_once} trials at a time, as many as the GPUs take (the Experiment's "
+                         f"parallelTrialCount is {e.parallel_trial_count}; --parallel sets it)")
     if at_once is None:
         at_once = ex.parallel_trial_count(e)
     out = Path(output_dir or Path("outputs") / "search" / (e.name + ("-smoke" if smoke else ""))).resolve()
@@ -152,9 +162,28 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         cache_dir=config.default_cache_dir(),
         entrypoint=entrypoint(ex.template_argv(e)[0]),
         notes=notes + space.ignored_settings(e.algorithm),
+        gpus=gpu_names,
+        trials_per_gpu=per_gpu,
     )
     validate_locally(plan)
     return plan
+
+
+def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
+    """(GPUs for the trials, trials per GPU); no GPUs: the trials run on the CPU, as they always did."""
+    per_gpu = whole_number(trials_per_gpu, "trials_per_gpu") or 1
+    names = devices.parse_gpus(value)
+    if names is None:
+        names = devices.visible_gpus()
+    if not names:
+        if per_gpu > 1:
+            notes.append(f"--trials_per_gpu={per_gpu}: no GPU here, the trials run on the CPU")
+        return [], 1
+    if parallel is not None and parallel > len(names) * per_gpu:
+        raise UsageError(f"--parallel={parallel} is more trials at once than {len(names)} GPU(s) take at {per_gpu} "
+                         f"per GPU; lower --parallel, or share the GPUs with --trials_per_gpu="
+                         f"{-(-parallel // len(names))}")
+    return names, per_gpu
 
 
 def refuse_searched_overrides(e: ex.Experiment, overrides: dict[str, str]) -> None:
@@ -245,6 +274,9 @@ def show_plan(plan: Plan) -> None:
                 f"{SMOKE_EPOCH_DIVISOR * (start - 1)} epochs get that far here")
     if plan.overrides:
         say("  every trial: " + " ".join(f"--{k}={v}" for k, v in plan.overrides.items()))
+    if plan.gpus:
+        say(f"  GPUs: {','.join(plan.gpus)}, at most {plan.trials_per_gpu} trial(s) on each (CUDA_VISIBLE_DEVICES "
+            "set per trial)")
     if "OMP_NUM_THREADS" not in os.environ:
         say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({config.cpu_count()} CPUs, {plan.parallel} trials at once)")
     say(f"  study: {e.name} in {plan.storage}; trial outputs in {plan.output_dir / 'trials'}")

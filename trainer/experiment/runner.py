@@ -38,6 +38,7 @@ from trainer.run import report
 
 STOP_GRACE_S = 30.0  # SIGTERM makes the trainer save a checkpoint, which takes a few seconds
 LEFTOVER_GRACE_S = 5.0
+RESUMING = "trainer: resuming from "  # the trainer's line when it continues from a checkpoint
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Running:
     stop: str = ""  # why the search stopped it: EarlyStopped, Interrupted, DeadlineExceeded
     kill_at: float | None = None
     exited_at: float | None = None
+    gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None on the CPU
 
 
 def pid_alive(pid: int) -> bool:
@@ -113,8 +115,10 @@ def signals_ignored():
             signal.signal(s, handler)
 
 
-def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:
+def trial_env(plan: Plan, argv: list[str], name: str, gpu: str | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu  # the trial sees this one GPU, as its own device 0
     if "OMP_NUM_THREADS" not in os.environ:  # parallel trials on one CPU would fight over its cores
         env["OMP_NUM_THREADS"] = str(omp_threads(plan))
     if parse_flags(argv).get("report_to") == "wandb":
@@ -126,7 +130,7 @@ def trial_env(plan: Plan, argv: list[str], name: str) -> dict[str, str]:
 
 def read_output(process: subprocess.Popen, log_path: Path, number: int, events: queue.Queue) -> None:
     """Tee the trial's output to trial.log and hand each line to the main thread."""
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # a rerun adds to its interrupted trial's log
         for raw in process.stdout:  # split on b"\n" only, as Katib's collector reads its log file
             log.write(raw)
             log.flush()
@@ -134,10 +138,11 @@ def read_output(process: subprocess.Popen, log_path: Path, number: int, events: 
     events.put(("exit", number, process.wait()))
 
 
-def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) -> Running | None:
+def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gpu: str | None = None) -> Running | None:
     rule = pruner.rule(study) if pruner else None  # Katib fixes the rule when it creates the trial
     trial = study.ask(plan.distributions)
-    name = f"{plan.experiment.name}-{trial.number:03d}"
+    # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
+    name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,14 +150,17 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
              "epochs_requested": parse_flags(argv).get("num_train_epochs")}  # what this trial runs, smoke or not
     if rule is not None:
         attrs[median.RULE_ATTR] = rule
+    if gpu is not None:
+        attrs["gpu"] = gpu
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     rerun = trial.user_attrs.get("rerun_of")
-    again = f" (rerun of interrupted trial {rerun})" if rerun is not None else ""
-    say(f"[{name}] started: {results.describe(trial.params)}{again}")
+    again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
+    where = f" on GPU {gpu}" if gpu is not None else ""
+    say(f"[{name}] started{where}: {results.describe(trial.params)}{again}")
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=trial_env(plan, argv, name), start_new_session=True)
+                                   env=trial_env(plan, argv, name, gpu), start_new_session=True)
     except OSError as error:
         record(study, trial, FAILED, f"cannot start {argv[0]}: {error.strerror or error}", None, {}, [])
         say(f"[{name}] {FAILED}: cannot start {argv[0]}: {error.strerror or error}")
@@ -160,7 +168,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue) ->
     trial.set_user_attr("pid", process.pid)
     threading.Thread(target=read_output, args=(process, folder / "trial.log", trial.number, events),
                      daemon=True).start()
-    return Running(trial=trial, name=name, process=process, started=time.time())
+    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu)
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -178,6 +186,8 @@ def terminate(run: Running, why: str) -> None:
 def handle_line(plan: Plan, run: Running, text: str) -> None:
     if text.strip():
         run.tail.append(text)
+    if text.startswith(RESUMING):
+        say(f"[{run.name}] resumed from {text[len(RESUMING):]}")
     timestamp, found = report.parse_line(text, plan.metrics, plan.filters)
     for metric, value in found:
         run.reports.setdefault(metric, []).append((timestamp, value))
@@ -291,7 +301,8 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     rerun = {t.user_attrs.get("rerun_of") for t in trials}
     again = [t for t in trials if katib_state(t) == INTERRUPTED and t.number not in rerun]
     for trial in again:
-        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number,
+                                                      "trial_name": trial.user_attrs.get("trial_name")})
     done = counted(study)
     if done or again:
         say(f"  resuming: {len(done)} of {plan.max_trials} trials done earlier"

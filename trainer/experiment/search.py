@@ -6,8 +6,9 @@ template's own command (runner.py), recorded in an SQLite study in Katib's state
 end shows the table, the best trial, a preset and plots (results.py).
 
 Interrupting (Ctrl-C, SIGTERM, SIGHUP) stops the trial processes and marks their trials
-Interrupted: the same command again first reruns them, then the rest of the budget. Finished
-trials are never run again.
+Interrupted: the same command again first reruns them, each in its own folder (the trainer resumes
+from the checkpoint it saved on SIGTERM), then the rest of the budget. Finished trials are never
+run again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import optuna
 
 from trainer.console import say
 from trainer.errors import UsageError
+from trainer.experiment import gpus as devices
 from trainer.experiment import results, space
 from trainer.experiment.plan import Plan, make_plan, show_plan
 from trainer.experiment.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
@@ -27,7 +29,7 @@ from trainer.flags import parse_assignments
 from trainer.run import config
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -48,9 +50,14 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
         output_dir: the study, trial outputs, best.yaml and plots (default
             outputs/search/EXPERIMENT, with -smoke added for --smoke)
         keep_models: keep every trial's best_model/ (default: only the best trial's)
+        gpus: GPUs for the trials, as CUDA_VISIBLE_DEVICES names them (--gpus=0,1; none = the CPU);
+            default: the visible ones. Each trial gets one (round-robin over the free ones), and
+            parallel defaults to their number
+        trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
     """
     overrides = trial_overrides(command_line_sets() or set)
-    plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir)
+    plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
+                     gpus, trials_per_gpu)
     sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
     pruner = space.make_pruner(plan.experiment)
     with lock_study(plan):  # held until this search ends: a second one on the study stops at once
@@ -102,10 +109,12 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     events: queue.Queue = queue.Queue()
     running: dict[int, Running] = {}
     reason = stop_reason(plan, study)
+    gpu = None  # the GPU the last trial got
     try:
         while True:
             while not reason and len(running) < plan.parallel and plan.max_trials - len(counted(study)) > len(running):
-                run = start_trial(plan, study, pruner, events)
+                gpu = devices.next_gpu(plan.gpus, [r.gpu for r in running.values()], plan.trials_per_gpu, gpu)
+                run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:
                     reason = stop_reason(plan, study)
                 else:

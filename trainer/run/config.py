@@ -84,6 +84,8 @@ class TrainConfig:
     cache_tokenized: bool = _flag(True, "keep tokenized data in cache_dir for later runs (false: tokenize every run)")
     # generation (evaluation, evaluate, predict): transformers' generate() names
     num_beams: int = _flag(4, "beam size for generate() at evaluation")
+    eval_num_beams: int = _flag(0, "beam size of each epoch's evaluation (0 = num_beams; 1 = greedy, cheaper); "
+                                   "the kept model's final evaluation uses num_beams")
     no_repeat_ngram_size: int = _flag(2, "forbid repeating n-grams of this size in generated summaries (0 = off)")
     generation_max_length: int = _flag(100, "longest generated summary, in tokens (with the decoder start token)")
     # min_new_tokens, not min_length: it counts only generated tokens, whatever the decoder start is
@@ -278,7 +280,8 @@ def validate(config: TrainConfig, check_names: bool = True, command: str = "trai
     require(0 <= c.label_smoothing_factor < 1,
             f"--label_smoothing_factor={c.label_smoothing_factor} must be in [0, 1)")
     for name in ("weight_decay", "max_grad_norm", "early_stopping_patience",
-                 "max_train_samples", "max_eval_samples", "epoch_eval_samples", "no_repeat_ngram_size"):
+                 "max_train_samples", "max_eval_samples", "epoch_eval_samples", "no_repeat_ngram_size",
+                 "eval_num_beams"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)} must be >= 0")
     require(not (c.fp16 and c.bf16), "--fp16 and --bf16 cannot both be true; pick one")
     require(c.dataloader_num_workers >= -1,

@@ -3,7 +3,9 @@
 Every evaluation prints one timestamped metric line (report.py) and appends the same record
 to metrics.jsonl; the run ends with metrics.json and predictions.csv in output_dir. SIGTERM
 (a pod being evicted) saves a checkpoint through transformers' JIT checkpointing and exits
-143; the same command again resumes from the last checkpoint.
+143; the same command again resumes from the last complete checkpoint and first reprints the
+metric lines of the evaluations already done (with their timestamps), so the log of a replacement
+pod alone holds the trial's whole history.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
     return min(4, cpu_count()) if cuda else 0
 
 
+def epoch_beams(config: TrainConfig) -> int:
+    """Beam size of each epoch's evaluation; the final evaluation of the kept model uses num_beams."""
+    return config.eval_num_beams or config.num_beams
+
+
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
     import torch
     from transformers import Seq2SeqTrainingArguments
@@ -137,7 +144,7 @@ def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
         logging_nan_inf_filter=False,  # a nan loss must be seen, not averaged away
         predict_with_generate=True,
         generation_max_length=config.generation_max_length,
-        generation_num_beams=config.num_beams,
+        generation_num_beams=epoch_beams(config),
         report_to=["wandb"] if config.report_to == "wandb" else [],
         disable_tqdm=not sys.stdout.isatty(),
         enable_jit_checkpoint=True,
@@ -262,7 +269,8 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
             record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
             with metrics_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
-            evaluation.note(state.global_step, values[report.OBJECTIVE])
+            if epoch_beams(config) == config.num_beams:  # else the final evaluation decodes again
+                evaluation.note(state.global_step, values[report.OBJECTIVE])
 
     class LossLine(TrainerCallback):
         """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
@@ -328,16 +336,45 @@ def watch_sigterm(sigterm: dict) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT checkpoint, removed once saved
 
-    if not Path(output_dir).is_dir():
+
+def checkpoint_damage(folder: Path) -> str:
+    """Why a checkpoint folder cannot be resumed from ('' when it can). trainer_state.json is the
+    last file the Trainer writes into a checkpoint, so a SIGKILL during the save leaves it out."""
+    if (folder / INCOMPLETE_MARKER).exists():
+        return INCOMPLETE_MARKER
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError):
+        return "unreadable trainer_state.json"
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        return "no model weights"
+    return ""
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint. Damaged newer ones are removed with a warning: left in place,
+    a later save of the same step would write into them and keep their marker."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
         return None
-    found = get_last_checkpoint(output_dir)
-    if found and (Path(found) / "checkpoint-is-incomplete.txt").exists():
-        warn(f"ignoring incomplete checkpoint {found}")
-        return None
-    return found
+    steps = {}
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[1]
+        if path.is_dir() and step.isdigit():
+            steps[int(step)] = path
+    for step in sorted(steps, reverse=True):
+        damage = checkpoint_damage(steps[step])
+        if not damage:
+            return str(steps[step])
+        warn(f"skipping damaged checkpoint {steps[step]} ({damage}); removed")
+        shutil.rmtree(steps[step], ignore_errors=True)
+    return None
 
 
 def read_records(metrics_path: Path) -> list[dict]:
@@ -368,6 +405,18 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def reprint_records(metrics_path: Path) -> None:
+    """Print again the metric line of every evaluation done before the interruption, with its own
+    timestamp: Katib's collector reads only the surviving pod's log, which must hold the whole history."""
+    records = read_records(metrics_path)
+    if records:
+        print(f"trainer: reprinting the metric lines of {len(records)} evaluations done before the interruption",
+              file=sys.stderr, flush=True)
+    for r in records:
+        values = {name: r[name] for name in report.METRIC_NAMES}
+        report.emit(report.format_metric_line(values, r["epoch"], report.parse_timestamp(r["timestamp"])))
+
+
 def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict] | None = None) -> None:
     """id, prediction, the reference(s), and with `scores` each example's ROUGE columns."""
     width = max(len(refs) for refs in split.references)
@@ -396,7 +445,8 @@ def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime:
     atomic_write(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
-def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict]):
+def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict],
+                     num_beams: int):
     """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
     example: (record of its epoch, metric values under final_* names, predictions and ROUGE by example).
     Reuses the best epoch's evaluation when that one covered every example."""
@@ -412,7 +462,7 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
         trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
         trainer.remove_callback(WandbCallback)  # it would log train/final_*: summarize_in_wandb records them
         evaluation.order = order
-        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final")
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final", num_beams=num_beams)
         values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
                   for name in report.METRIC_NAMES}
         predictions, scores = evaluation.predictions, evaluation.scores
@@ -468,6 +518,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if resume_from:
         print(f"trainer: resuming from {resume_from}", file=sys.stderr, flush=True)
         keep_records_of_checkpoint(metrics_path, Path(resume_from))
+        reprint_records(metrics_path)
     elif metrics_path.exists():
         metrics_path.unlink()  # a fresh run: earlier records would mix two runs
 
@@ -511,7 +562,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if records:
         try:
             record, final, predictions, scores = final_evaluation(trainer, evaluation, eval_dataset.select(everything),
-                                                          everything, records)
+                                                                  everything, records, config.num_beams)
             report.emit(report.format_metric_line(final, record["epoch"]))
         except (TrainingDiverged, report.NonFiniteMetric) as error:
             fail(str(error), EXIT_DIVERGED)
