@@ -191,14 +191,14 @@ def test_flat_references_rejected():
 
 @pytest.mark.parametrize("drop, expected", [(False, (7 / 10, 4 / 9, 7 / 10)), (True, (1.0, 1.0, 1.0))])
 def test_training_evaluation_scores_as_the_flag_says(drop, expected):
-    """train.Evaluation (the Trainer's compute_metrics) decodes generated ids and scores them
+    """evaluation.Evaluation (the Trainer's compute_metrics) decodes generated ids and scores them
     with or without punctuation, as --rouge_drop_punctuation says."""
     import numpy as np
     from transformers import EvalPrediction, PreTrainedTokenizerFast
 
     from trainer.run.builtin import train_tokenizer
     from trainer.run.data import Split
-    from trainer.run.train import Evaluation
+    from trainer.run.evaluation import Evaluation
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer([PUNCTUATED_PRED, PUNCTUATED_REF]),
                                         bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")

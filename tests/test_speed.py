@@ -66,7 +66,7 @@ def test_sorted_evaluation_gives_the_data_order_results(sorted_and_unsorted):
 
 
 def test_length_order_is_longest_first():
-    from trainer.run.train import eval_order
+    from trainer.run.evaluation import eval_order
 
     lengths = [5, 9, 9, 2, 7]
     assert eval_order(lengths, range(5), by_length=True) == [1, 2, 4, 0, 3]  # longest first, ties stay in order

@@ -219,7 +219,7 @@ def write_checkpoint(folder: Path, *files: str) -> Path:
 
 
 def test_damaged_checkpoints_fall_back_to_the_newest_complete_one(tmp_path, capsys):
-    from trainer.run.train import last_checkpoint
+    from trainer.run.records import last_checkpoint
 
     complete = ("config.json", "model.safetensors", "trainer_state.json")
     write_checkpoint(tmp_path / "checkpoint-10", *complete)
@@ -238,7 +238,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_complete_one(tmp_path, caps
 
 
 def test_no_complete_checkpoint_means_a_fresh_start(tmp_path):
-    from trainer.run.train import last_checkpoint
+    from trainer.run.records import last_checkpoint
 
     write_checkpoint(tmp_path / "checkpoint-10", "config.json")
     assert last_checkpoint(str(tmp_path)) is None

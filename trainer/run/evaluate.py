@@ -28,7 +28,8 @@ from trainer.run.data import Split, encode, find_tags, load_eval_split
 from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path,
                                set_decoding)
 from trainer.run.rouge import check_references, clean_prediction, mean_rouge, per_example_rouge
-from trainer.run.train import EXIT_DIVERGED, eval_order, quiet_libraries, write_predictions
+from trainer.run.evaluation import eval_order, write_predictions
+from trainer.run.train import EXIT_DIVERGED, quiet_libraries
 
 # Lengths that bound what is read and generated here (decoder_max_len only shapes training labels).
 DECODE_LENGTHS = ("encoder_max_len", "generation_max_length")

@@ -10,15 +10,9 @@ pod alone holds the trial's whole history.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import importlib.util
-import io
-import json
-import math
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,19 +21,18 @@ from trainer.console import fail, warn
 from trainer.run import report
 from trainer.errors import UsageError
 from trainer.run.config import TrainConfig, check_output_dir, cpu_count
-from trainer.run.data import Split, find_tags, load_splits, references_passed, tokenized
-from trainer.run.files import atomic_write, full_disk_is_one_line
+from trainer.run.data import find_tags, load_splits, references_passed, tokenized
+from trainer.run.files import full_disk_is_one_line
 from trainer.run.model import (check_lengths, check_tokenizer_files, load_model, load_model_config, load_tokenizer,
                                resolve_model_path, set_decoding)
-from trainer.run.rouge import check_references, clean_prediction, per_example_rouge
+from trainer.run.rouge import check_references
+from trainer.run.callbacks import TrainingDiverged, make_callbacks, watch_sigterm
+from trainer.run.evaluation import Evaluation, epoch_beams, eval_order, final_evaluation, spread, write_predictions
+from trainer.run.records import keep_records_of_checkpoint, last_checkpoint, read_records, reprint_records, write_summary
 
 EXIT_DIVERGED = 1
 EXIT_SIGTERM = 143
 BEST_MODEL_DIR = "best_model"
-
-
-class TrainingDiverged(Exception):
-    """A non-finite loss or metric: the trial must fail, never report nan."""
 
 
 def quiet_libraries() -> None:
@@ -104,11 +97,6 @@ def dataloader_workers(config: TrainConfig, cuda: bool) -> int:
     if config.dataloader_num_workers >= 0:
         return config.dataloader_num_workers
     return min(4, cpu_count()) if cuda else 0
-
-
-def epoch_beams(config: TrainConfig) -> int:
-    """Beam size of each epoch's evaluation; the final evaluation of the kept model uses num_beams."""
-    return config.eval_num_beams or config.num_beams
 
 
 def training_arguments(config: TrainConfig, fp16: bool, bf16: bool):
@@ -198,275 +186,6 @@ def trainer_class():
             return SequentialSampler(eval_dataset)
 
     return Trainer
-
-
-def spread(n: int, k: int) -> list[int]:
-    """k evenly spaced indices of range(n); all of them when k is 0 or at least n."""
-    if not k or k >= n:
-        return list(range(n))
-    return [i * n // k for i in range(k)]
-
-
-def eval_order(lengths: list[int], indices, by_length: bool) -> list[int]:
-    """The order to evaluate `indices` in: longest first when by_length (batches of similar length
-    need little padding; a batch too big for memory fails at once), else as given."""
-    return sorted(indices, key=lambda i: -lengths[i]) if by_length else list(indices)
-
-
-class Evaluation:
-    """compute_metrics for the Trainer. The evaluated dataset holds the examples `order` lists, in
-    that order (sorted by length); predictions are mapped back to their examples and scored in the
-    data's own order, so neither the metric nor predictions.csv depends on the evaluation order."""
-
-    def __init__(self, tokenizer, split: Split, order: list[int], drop_punctuation: bool):
-        self.tokenizer = tokenizer
-        self.split = split
-        self.order = order
-        self.drop_punctuation = drop_punctuation
-        self.predictions: dict[int, str] = {}  # example index -> prediction, of the last evaluation
-        self.scores: dict[int, dict[str, float]] = {}  # example index -> its ROUGE, of the last evaluation
-        self.kept: tuple[int, float, dict[int, str], dict] | None = None  # (step, rouge_avg, predictions, scores)
-
-    def __call__(self, eval_prediction) -> dict[str, float]:
-        import numpy as np
-
-        ids = np.asarray(eval_prediction.predictions)
-        ids = np.where(ids < 0, self.tokenizer.pad_token_id, ids)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
-        if len(texts) != len(self.order):
-            raise RuntimeError(f"{len(texts)} predictions for {len(self.order)} evaluated examples")
-        self.predictions = dict(zip(self.order, (clean_prediction(t) for t in texts)))
-        indices = sorted(self.predictions)
-        scores = per_example_rouge([self.predictions[i] for i in indices],
-                                   [self.split.references[i] for i in indices], self.drop_punctuation)
-        self.scores = dict(zip(indices, scores))
-        return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
-
-    def note(self, step: int, score: float) -> None:
-        """Keep the predictions of the best evaluation of every example (strictly better, as the
-        Trainer picks its best checkpoint), so the final evaluation need not run again."""
-        if len(self.predictions) == len(self.split.ids) and (self.kept is None or score > self.kept[1]):
-            self.kept = (step, score, self.predictions, self.scores)
-
-
-def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation, stopped: dict):
-    from transformers import TrainerCallback
-
-    class MetricLine(TrainerCallback):
-        """One metric line per epoch's evaluation on stdout, and the same record in metrics.jsonl."""
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if f"eval_{report.OBJECTIVE}" not in metrics:
-                return  # the final evaluation: final_evaluation() reports it
-            values = {name: metrics.get(name if name == "eval_loss" else f"eval_{name}", math.nan)
-                      for name in report.METRIC_NAMES}
-            epoch = round(state.epoch or 0.0, 2)
-            try:
-                line = report.format_metric_line(values, epoch)
-            except report.NonFiniteMetric as error:
-                raise TrainingDiverged(str(error)) from None
-            report.emit(line)
-            record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
-            with metrics_path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(record) + "\n")
-            if epoch_beams(config) == config.num_beams:  # else the final evaluation decodes again
-                evaluation.note(state.global_step, values[report.OBJECTIVE])
-
-    class LossLine(TrainerCallback):
-        """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is None:
-                return
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"training loss is {loss} at step {state.global_step} "
-                                       "(try a lower --learning_rate or --max_grad_norm)")
-            lr = logs.get("learning_rate", 0.0)
-            report.emit(f"{report.utc_timestamp()} step {state.global_step} epoch {state.epoch:.2f} "
-                        f"loss {loss:.4f} lr {lr:.3g}")
-
-    class NoEvaluationOnSigterm(TrainerCallback):
-        """After the SIGTERM checkpoint, leave at once: an epoch-end evaluation (generate())
-        would eat the pod's grace period and report a partial epoch."""
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if sigterm["seen"] and control.should_training_stop:
-                control.should_evaluate = False
-                control.should_save = False
-
-    callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
-    if config.early_stopping_patience:
-        callbacks.append(announced_early_stopping(config, stopped))
-    return callbacks
-
-
-def announced_early_stopping(config: TrainConfig, stopped: dict):
-    """transformers' EarlyStoppingCallback, which also says when and why it stops and notes it in
-    `stopped` for metrics.json. The line has no `=`: Katib's collector must not read it as a metric."""
-    from transformers import EarlyStoppingCallback
-
-    class AnnouncedEarlyStopping(EarlyStoppingCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
-            # Its own verdict, not should_training_stop: the Trainer sets that on the last step anyway.
-            ran_out = self.early_stopping_patience_counter >= self.early_stopping_patience
-            if ran_out and not stopped and (state.epoch or 0.0) < config.num_train_epochs:
-                epoch = round(state.epoch or 0.0, 2)
-                best = state.best_metric if state.best_metric is not None else math.nan
-                reason = (f"{report.OBJECTIVE} has not improved on {best:.4f} for {self.early_stopping_patience} "
-                          "evaluations")
-                stopped.update(epoch=epoch, of=config.num_train_epochs, reason=reason)
-                print(f"trainer: early stopping after epoch {epoch:g} of {config.num_train_epochs:g}: {reason} "
-                      "(--early_stopping_patience 0 trains every epoch)", file=sys.stderr, flush=True)
-
-    return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
-
-
-def watch_sigterm(sigterm: dict) -> None:
-    """Note that SIGTERM came, then let the handler installed before it (transformers' JIT
-    checkpointing, set up by the Trainer) do its work."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum, frame):
-        sigterm["seen"] = True
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT checkpoint, removed once saved
-
-
-def checkpoint_damage(folder: Path) -> str:
-    """Why a checkpoint folder cannot be resumed from ('' when it can). trainer_state.json is the
-    last file the Trainer writes into a checkpoint, so a SIGKILL during the save leaves it out."""
-    if (folder / INCOMPLETE_MARKER).exists():
-        return INCOMPLETE_MARKER
-    try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "no trainer_state.json"
-    except (OSError, ValueError):
-        return "unreadable trainer_state.json"
-    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
-        return "no model weights"
-    return ""
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint. Damaged newer ones are removed with a warning: left in place,
-    a later save of the same step would write into them and keep their marker."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    steps = {}
-    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.rsplit("-", 1)[1]
-        if path.is_dir() and step.isdigit():
-            steps[int(step)] = path
-    for step in sorted(steps, reverse=True):
-        damage = checkpoint_damage(steps[step])
-        if not damage:
-            return str(steps[step])
-        warn(f"skipping damaged checkpoint {steps[step]} ({damage}); removed")
-        shutil.rmtree(steps[step], ignore_errors=True)
-    return None
-
-
-def read_records(metrics_path: Path) -> list[dict]:
-    """The records of metrics.jsonl; a line a kill cut short (it cannot be parsed) is dropped with a
-    warning: its evaluation runs again on resume, or the run ends with the records before it."""
-    if not metrics_path.is_file():
-        return []
-    records, partial = [], 0
-    for line in metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            partial += 1
-    if partial:
-        warn(f"{metrics_path}: dropped {partial} partly written record{'s' if partial > 1 else ''}")
-    return records
-
-
-def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
-    """Drop records of evaluations the checkpoint does not contain (they run again on resume).
-
-    A checkpoint saved on SIGTERM at an epoch's end comes before that epoch's evaluation."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
-    kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
-    atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def reprint_records(metrics_path: Path) -> None:
-    """Print again the metric line of every evaluation done before the interruption, with its own
-    timestamp: Katib's collector reads only the surviving pod's log, which must hold the whole history."""
-    records = read_records(metrics_path)
-    if records:
-        print(f"trainer: reprinting the metric lines of {len(records)} evaluations done before the interruption",
-              file=sys.stderr, flush=True)
-    for r in records:
-        values = {name: r[name] for name in report.METRIC_NAMES}
-        report.emit(report.format_metric_line(values, r["epoch"], report.parse_timestamp(r["timestamp"])))
-
-
-def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict] | None = None) -> None:
-    """id, prediction, the reference(s), and with `scores` each example's ROUGE columns."""
-    width = max(len(refs) for refs in split.references)
-    names = ["reference"] if width == 1 else [f"reference{i + 1}" for i in range(width)]
-    metrics = list(scores[0]) if scores else []
-    out = io.StringIO(newline="")
-    writer = csv.writer(out)
-    writer.writerow(["id", "prediction", *names, *metrics])
-    for n, (ident, prediction, refs) in enumerate(zip(split.ids, predictions, split.references)):
-        writer.writerow([ident, prediction, *refs, *[""] * (width - len(refs)),
-                         *(repr(scores[n][m]) for m in metrics)])
-    atomic_write(path, out.getvalue())
-
-
-def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:
-    summary = {
-        "status": "completed",
-        "objective": report.OBJECTIVE,
-        "best": max(records, key=lambda r: r[report.OBJECTIVE]) if records else None,
-        "last_epoch": records[-1] if records else None,  # the kept model is final_evaluation
-        "evaluations": len(records),
-        "runtime_s": round(runtime, 1),
-        "hyperparameters": dataclasses.asdict(config),
-        **extra,
-    }
-    atomic_write(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-
-
-def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict],
-                     num_beams: int):
-    """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
-    example: (record of its epoch, metric values under final_* names, predictions and ROUGE by example).
-    Reuses the best epoch's evaluation when that one covered every example."""
-    best_step = trainer.state.best_global_step
-    record = next((r for r in records if r["step"] == best_step), records[-1])
-    if evaluation.kept and evaluation.kept[0] == best_step:
-        values = {name: record[name] for name in report.METRIC_NAMES}
-        predictions, scores = evaluation.kept[2], evaluation.kept[3]
-    else:
-        from transformers import EarlyStoppingCallback
-        from transformers.integrations import WandbCallback
-
-        trainer.remove_callback(EarlyStoppingCallback)  # it would warn that this has no eval_ metric
-        trainer.remove_callback(WandbCallback)  # it would log train/final_*: summarize_in_wandb records them
-        evaluation.order = order
-        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="final", num_beams=num_beams)
-        values = {name: metrics["final_loss" if name == "eval_loss" else f"final_{name}"]
-                  for name in report.METRIC_NAMES}
-        predictions, scores = evaluation.predictions, evaluation.scores
-    return record, {report.FINAL_PREFIX + name: value for name, value in values.items()}, predictions, scores
 
 
 def prepare(config: TrainConfig):

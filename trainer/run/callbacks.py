@@ -1,0 +1,108 @@
+"""What the Trainer is told to do at each step and evaluation: print the metric line Katib reads
+(and record it), print the loss without `=`, stop on a non-finite value, leave at once after a
+SIGTERM checkpoint, and say when early stopping ends the run."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+from pathlib import Path
+
+from trainer.run import report
+from trainer.run.config import TrainConfig
+from trainer.run.evaluation import Evaluation, epoch_beams
+
+
+class TrainingDiverged(Exception):
+    """A non-finite loss or metric: the trial must fail, never report nan."""
+
+
+def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation, stopped: dict):
+    from transformers import TrainerCallback
+
+    class MetricLine(TrainerCallback):
+        """One metric line per epoch's evaluation on stdout, and the same record in metrics.jsonl."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if f"eval_{report.OBJECTIVE}" not in metrics:
+                return  # the final evaluation: final_evaluation() reports it
+            values = {name: metrics.get(name if name == "eval_loss" else f"eval_{name}", math.nan)
+                      for name in report.METRIC_NAMES}
+            epoch = round(state.epoch or 0.0, 2)
+            try:
+                line = report.format_metric_line(values, epoch)
+            except report.NonFiniteMetric as error:
+                raise TrainingDiverged(str(error)) from None
+            report.emit(line)
+            record = {"timestamp": line.split(" ", 1)[0], "epoch": epoch, "step": state.global_step, **values}
+            with metrics_path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+            if epoch_beams(config) == config.num_beams:  # else the final evaluation decodes again
+                evaluation.note(state.global_step, values[report.OBJECTIVE])
+
+    class LossLine(TrainerCallback):
+        """Training loss, in a form Katib's name=value filter ignores; stops on a non-finite loss."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"training loss is {loss} at step {state.global_step} "
+                                       "(try a lower --learning_rate or --max_grad_norm)")
+            lr = logs.get("learning_rate", 0.0)
+            report.emit(f"{report.utc_timestamp()} step {state.global_step} epoch {state.epoch:.2f} "
+                        f"loss {loss:.4f} lr {lr:.3g}")
+
+    class NoEvaluationOnSigterm(TrainerCallback):
+        """After the SIGTERM checkpoint, leave at once: an epoch-end evaluation (generate())
+        would eat the pod's grace period and report a partial epoch."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if sigterm["seen"] and control.should_training_stop:
+                control.should_evaluate = False
+                control.should_save = False
+
+    callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
+    if config.early_stopping_patience:
+        callbacks.append(announced_early_stopping(config, stopped))
+    return callbacks
+
+
+
+def announced_early_stopping(config: TrainConfig, stopped: dict):
+    """transformers' EarlyStoppingCallback, which also says when and why it stops and notes it in
+    `stopped` for metrics.json. The line has no `=`: Katib's collector must not read it as a metric."""
+    from transformers import EarlyStoppingCallback
+
+    class AnnouncedEarlyStopping(EarlyStoppingCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            super().on_evaluate(args, state, control, metrics=metrics, **kwargs)
+            # Its own verdict, not should_training_stop: the Trainer sets that on the last step anyway.
+            ran_out = self.early_stopping_patience_counter >= self.early_stopping_patience
+            if ran_out and not stopped and (state.epoch or 0.0) < config.num_train_epochs:
+                epoch = round(state.epoch or 0.0, 2)
+                best = state.best_metric if state.best_metric is not None else math.nan
+                reason = (f"{report.OBJECTIVE} has not improved on {best:.4f} for {self.early_stopping_patience} "
+                          "evaluations")
+                stopped.update(epoch=epoch, of=config.num_train_epochs, reason=reason)
+                print(f"trainer: early stopping after epoch {epoch:g} of {config.num_train_epochs:g}: {reason} "
+                      "(--early_stopping_patience 0 trains every epoch)", file=sys.stderr, flush=True)
+
+    return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
+
+
+
+def watch_sigterm(sigterm: dict) -> None:
+    """Note that SIGTERM came, then let the handler installed before it (transformers' JIT
+    checkpointing, set up by the Trainer) do its work."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        sigterm["seen"] = True
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
