@@ -724,12 +724,14 @@ def test_decode_search_runs_evaluate_and_an_explicit_model_wins_over_smoke(tmp_p
 def test_smoke_decode_search_writes_a_decoding_preset(tmp_path, shared_cache, monkeypatch, capsys):
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(shared_cache))
     out = tmp_path / "out"
-    search.search(str(MANIFESTS / "decode.yaml"), smoke=True, max_trials=2, parallel=2,
+    # One trial: it is the best (two decodings of an untuned model on a few examples may tie, and a
+    # tie names no winner and writes no preset; test_search_trust tests that).
+    search.search(str(MANIFESTS / "decode.yaml"), smoke=True, max_trials=1, parallel=1,
                   set="generation_max_length=24", output_dir=str(out))
     printed = capsys.readouterr().out
     experiment = ex.load_experiments([MANIFESTS / "decode.yaml"])[0]
     study = load(out, experiment.name)
-    assert states(study) == ["Succeeded", "Succeeded"]
+    assert states(study) == ["Succeeded"]
     best = max(study.trials, key=lambda t: t.value)
     name = best.user_attrs["trial_name"]
     with (out / "trials" / name / "predictions.csv").open(encoding="utf-8") as f:

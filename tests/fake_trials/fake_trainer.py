@@ -28,8 +28,11 @@ from datetime import datetime, timezone
 
 
 def save(folder: str, record: dict) -> None:
-    with open(os.path.join(folder, "run.json"), "w") as out:
+    """run.json, written whole (temporary file, then rename): a kill mid-write leaves the last one."""
+    temporary = os.path.join(folder, f".run.json.{os.getpid()}")
+    with open(temporary, "w") as out:
         json.dump(record, out)
+    os.replace(temporary, os.path.join(folder, "run.json"))
 
 
 def main() -> int:
