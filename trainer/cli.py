@@ -2,8 +2,8 @@
 
 Each subcommand is a plain function (or class) handed to python-fire; it returns None (fire
 would print anything else) and ends with SystemExit(code) when the exit status must say more.
-User mistakes raise UsageError: one line on stderr, exit 2. The training command's signature is
-generated from config.FLAGS, so --help lists every flag with its default. Every --option is
+User mistakes raise UsageError: one line on stderr, exit 2. The training, evaluate and predict
+commands' signatures come from config.COMMAND_FLAGS, so --help lists each one's flags with defaults. Every --option is
 checked against the command's own names first (a did-you-mean, never silently ignored), and the
 help is fire's without its noise (the INFO line, short flags, a bare `-` synopsis).
 """
@@ -115,9 +115,11 @@ def refuse_unknown_options(component, argv: list[str], name: str) -> None:
                          f"(options: {', '.join(choices) or 'none'})")
 
 
-def short_flags(argv: list[str]) -> list[str]:
-    """Single-dash flags other than -h: fire would read -f as --fp16; this CLI spells flags out."""
-    return [t for t in argv if re.fullmatch(r"-[A-Za-z]\w*(=.*)?", t) and t != "-h"]
+def refuse_short_flags(argv: list[str]) -> None:
+    """Single-dash flags other than -h: fire would read -f as --fp16; the trainer's flags are spelled out."""
+    for token in argv:
+        if re.fullmatch(r"-[A-Za-z]\w*(=.*)?", token) and token != "-h":
+            raise UsageError(f"{token}: flags are spelled out (--fp16, --bf16, ...); run `trainer --help` for the list")
 
 
 def tidy_help(text: str, commands: str = "") -> str:
@@ -180,6 +182,8 @@ def run_subcommand(key: str, argv: list[str]) -> None:
         word = argv[len(words)]  # not a positional value: `trainer bench serch` is a typo of a command
         raise UsageError(f"unknown command `trainer {key} {word}`{did_you_mean(word, nested)} "
                          f"(commands: {', '.join(nested)}, or {key}'s own --options)")
+    if key in COMMAND_FLAGS:  # evaluate, predict: the trainer's own flags, spelled out as in training
+        refuse_short_flags(argv[1:])
     component = load(SUBCOMMANDS[key][0], key)
     rest = argv[len(words) - 1:]
     refuse_unknown_options(component, rest, key)
@@ -194,8 +198,7 @@ def dispatch(argv: list[str]) -> None:
     if argv and not argv[0].startswith("-"):
         raise UsageError(f"unknown command {argv[0]!r}{did_you_mean(argv[0], SUBCOMMANDS)} (commands: "
                          f"{', '.join(SUBCOMMANDS)}, or --flags to train: trainer --help)")
-    for token in short_flags(argv):
-        raise UsageError(f"{token}: flags are spelled out (--fp16, --bf16, ...); run `trainer --help` for the list")
+    refuse_short_flags(argv)
     for name in flag_names(argv, known=FLAGS):
         if name not in COMMAND_FLAGS["train"] and name not in HELP_FLAGS:
             raise UsageError(unknown_flag_message(name))

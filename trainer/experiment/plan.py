@@ -190,8 +190,9 @@ def refuse_searched_overrides(e: ex.Experiment, overrides: dict[str, str]) -> No
     """A --set of a searched flag would replace every trial's value while the table, preset and
     docker line still showed the sampled one: refused."""
     for flag in sorted(set(overrides) & searched_flags(e)):
-        raise UsageError(f"--set {flag}: the Experiment searches {flag}, so every trial gets its own value; "
-                         f"change its feasibleSpace in {e.source} (or fix it there) instead")
+        raise UsageError(f"--set {flag}: the Experiment searches {flag}, so each trial gets its own value (and "
+                         f"the results would show that one); narrow its feasibleSpace in {e.source} instead "
+                         "(a one-value list fixes it)")
 
 
 def fingerprint(path: Path) -> str:
