@@ -157,3 +157,28 @@ def test_table_shows_interval_and_vs_best_only_where_known():
                                 "duration"]
     assert lines[1].split() == ["0", "t0", "Succeeded", "0.5000", "[0.4500,", "0.5500]", "best", "2/2", "10s"]
     assert lines[2].split() == ["1", "t1", "Failed", "-", "-", "-", "-", "-"]
+
+
+def test_plots_show_parameter_names_whole():
+    import warnings
+
+    import matplotlib
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    matplotlib.use("Agg")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for i in range(4):
+        study.enqueue_trial({"per_device_train_batch_size": 8 * (i + 1), "gradient_accumulation_steps": i + 1})
+        study.optimize(lambda t: t.suggest_int("per_device_train_batch_size", 8, 32)
+                       + t.suggest_int("gradient_accumulation_steps", 1, 4), n_trials=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = plots.plot_parallel_coordinate(study)
+    figure = axes.figure
+    names = sorted(study.best_params)
+    assert any(label.get_text().endswith("...") for label in axes.get_xticklabels())  # Optuna cuts them
+    results.readable(figure, "parallel_coordinate", names)
+    shown = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert set(names) <= set(shown) and not any(text.endswith("...") for text in shown)

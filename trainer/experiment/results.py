@@ -177,7 +177,7 @@ def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
     from optuna.visualization import matplotlib as plots
 
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    params = {name for t in study.get_trials(deepcopy=False) for name in t.params}
+    params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     saved = []
     for name, draw, needed in (("optimization_history", plots.plot_optimization_history, 1),
                                ("param_importances", plots.plot_param_importances, 2),
@@ -193,7 +193,7 @@ def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
                 warnings.simplefilter("ignore")
                 axes = draw(study)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            readable(figure, name, len(params))
+            readable(figure, name, params)
             figure.savefig(directory / f"{name}.png", bbox_inches="tight", dpi=100)
             plt.close(figure)
             saved.append(directory / f"{name}.png")
@@ -202,18 +202,32 @@ def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
     return saved
 
 
-def readable(figure, name: str, params: int) -> None:
-    """Room for the parameter names: one column of the parallel-coordinate plot per parameter, its
-    names slanted; importance bars tall enough for one label each."""
+def readable(figure, name: str, params: list[str]) -> None:
+    """Room for the parameter names, and the names whole: Optuna cuts long ones to `gradient_accumula...`.
+    One column of the parallel-coordinate plot per parameter, names slanted; a bar per importance."""
     if name == "parallel_coordinate":
-        figure.set_size_inches(max(8.0, 1.6 * (params + 1)), 5.5)
-        for axis in figure.axes:
+        figure.set_size_inches(max(8.0, 2.2 * (len(params) + 1)), 5.5)
+    elif name == "param_importances":
+        figure.set_size_inches(8.0, max(3.0, 0.5 * len(params) + 1.5))
+    for axis in figure.axes:
+        for getter, setter in ((axis.get_xticklabels, axis.set_xticklabels), (axis.get_yticklabels, axis.set_yticklabels)):
+            labels = getter()
+            texts = [whole_name(label.get_text(), params) for label in labels]
+            if any(text != label.get_text() for text, label in zip(texts, labels)):
+                setter(texts)
+        if name == "parallel_coordinate":
             for label in axis.get_xticklabels():
                 label.set_rotation(30)
                 label.set_horizontalalignment("right")
-    elif name == "param_importances":
-        figure.set_size_inches(8.0, max(3.0, 0.5 * params + 1.5))
     figure.tight_layout()
+
+
+def whole_name(text: str, params: list[str]) -> str:
+    """The parameter a label Optuna shortened with `...` stands for (the label itself otherwise)."""
+    if not text.endswith("..."):
+        return text
+    matches = [p for p in params if p.startswith(text[:-3])]
+    return matches[0] if len(matches) == 1 else text
 
 
 def add_noise(plan, rows: list[TrialRow]) -> dict:
