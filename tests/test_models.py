@@ -77,3 +77,19 @@ def test_tokenizer_of_nothing_but_special_tokens_is_refused(tmp_path, tiny):
     with pytest.raises(UsageError, match="its tokenizer has only the special tokens .*every text would become <unk>"):
         load_tokenizer(str(tmp_path / "saved"), [])
     assert len(load_tokenizer(str(tiny), ["#Person1#"])) > 100  # the real one passes
+
+
+def test_evaluate_and_predict_refuse_a_folder_without_tokenizer_files_too(tmp_path, tiny):
+    model = copy_model(tiny, tmp_path / "model", leave_out=("tokenizer.json", "tokenizer_config.json"))
+    test = tmp_path / "test.csv"
+    test.write_text('fname,dialogue\nt0,"#Person1#: 안녕하세요."\n', encoding="utf-8")
+    for args in (["evaluate", "--eval_file=builtin:sample", f"--output_dir={tmp_path / 'out'}"],
+                 ["predict", f"--test_file={test}", f"--output={tmp_path / 'submission.csv'}"]):
+        result = subprocess.run([*TRAINER, *args, f"--model_name_or_path={model}"], capture_output=True,
+                                text=True, timeout=300)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert lines[-1] == f"trainer: error: --model_name_or_path {str(model)!r} has no tokenizer files " \
+                            "(tokenizer.json, vocab.json, vocab.txt or a sentencepiece *.model); save the " \
+                            "tokenizer there too (tokenizer.save_pretrained)", lines
+    assert not (tmp_path / "out").exists() and not (tmp_path / "submission.csv").exists()

@@ -23,14 +23,11 @@ from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.check_space import check_grid, check_parameters
-from trainer.experiment.check_trial import check_collector, check_template, check_trial_command
+from trainer.experiment.check_trial import PRINTED, check_collector, check_template, check_trial_command
 from trainer.experiment.findings import Report
 from trainer.flags import parse_flags
-from trainer.run.report import FINAL_METRIC_NAMES, METRIC_NAMES
 
 LOWER_IS_BETTER = {"eval_loss", "final_eval_loss"}
-# Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
-PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES
 
 
 def _int_at_least(minimum):

@@ -16,8 +16,9 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
 def resolve_model_path(config: TrainConfig) -> str:
-    """The folder or hub id to load. A local folder must hold safetensors weights: one with only
-    pytorch_model.bin (a pickle) is refused here, before anything loads."""
+    """The folder or hub id to load. A local folder must hold safetensors weights (one with only
+    pytorch_model.bin, a pickle, is refused) and its tokenizer files, checked here before anything
+    loads: training, evaluate and predict all come through this."""
     if config.model_name_or_path == builtin.TINY:
         path = str(builtin.tiny_model())
     else:
@@ -29,6 +30,7 @@ def resolve_model_path(config: TrainConfig) -> str:
                              f"--model_name_or_path {path!r} is a local folder")
         if not list(folder.glob("*.safetensors")) and list(folder.glob("pytorch_model*.bin")):
             raise UsageError(f"--model_name_or_path {path!r} has only pytorch_model.bin: {SAFETENSORS_HINT}")
+        check_tokenizer_files(path)
     return path
 
 

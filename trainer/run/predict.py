@@ -8,13 +8,14 @@ brings the decoding settings; its training flags are skipped.
 from __future__ import annotations
 
 import csv
+import io
 import sys
-import tempfile
 from pathlib import Path
 
 from trainer.run.config import TrainConfig, build_config, command_signature, help_text
 from trainer.run.data import load_test
 from trainer.run.evaluate import generate, load_for_decoding
+from trainer.run.files import atomic_write
 from trainer.run.train import quiet_libraries
 
 
@@ -30,12 +31,11 @@ predict_command.__doc__ = help_text("predict")
 def write_submission(path: Path, ids: list[str], summaries: list[str]) -> None:
     """Written beside its final name and renamed: an interrupted run leaves no half submission."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=path.parent,
-                                     prefix=f".{path.name}.", suffix=".tmp", delete=False) as out:
-        writer = csv.writer(out)
-        writer.writerow(["fname", "summary"])
-        writer.writerows(zip(ids, summaries))
-    Path(out.name).replace(path)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["fname", "summary"])
+    writer.writerows(zip(ids, summaries))
+    atomic_write(path, out.getvalue())
 
 
 def predict(config: TrainConfig) -> None:
