@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from trainer.bench import search as bench_search
-from trainer.experiment import plan as search_plan
+from trainer.search import plan as search_plan
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 

@@ -21,7 +21,7 @@ import yaml
 from fake_kube import FakeKube, kubeconfig, managed_field, metrics, trial
 from trainer.experiment.check import check_all
 from trainer.experiment.spec import load_experiments, trial_args
-from trainer.experiment.results import TrialRow, docker_line, format_table
+from trainer.search.results import TrialRow, docker_line, format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = [sys.executable, "-m", "trainer.cli"]

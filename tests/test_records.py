@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from test_search import fake_trainer, load, write_experiment  # noqa: F401 (fake_trainer is a fixture)
-from trainer.experiment import plan as search_plan
-from trainer.experiment import results, search
+from trainer.search import plan as search_plan
+from trainer.search import results, command as search
 from trainer.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,14 +23,14 @@ import yaml
 from optuna.trial import TrialState
 
 from trainer.run import config
-from trainer.experiment import plan as search_plan
-from trainer.experiment import runner, search
-from trainer.experiment import space as search_space
-from trainer.experiment import study as search_study
+from trainer.search import plan as search_plan
+from trainer.search import runner, command as search
+from trainer.search import space as search_space
+from trainer.search import study as search_study
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
-from trainer.experiment import pruner as median
-from trainer.experiment import results
+from trainer.search import pruner as median
+from trainer.search import results
 from trainer.errors import UsageError
 from trainer.flags import format_value, parse_assignments, parse_flags
 
@@ -430,7 +430,7 @@ def test_without_gpus_trials_run_as_before(tmp_path, fake_trainer, monkeypatch, 
 
 
 def test_gpus_are_read_from_cuda_visible_devices_or_nvidia_smi(tmp_path, monkeypatch):
-    from trainer.experiment import gpus
+    from trainer.search import gpus
 
     for value, seen in (("2,3", ["2", "3"]), ("0,-1,1", ["0"]), ("", []), ("-1", []),
                         ("GPU-8f2a-11, 1", ["GPU-8f2a-11", "1"])):
@@ -453,21 +453,21 @@ def test_gpus_are_read_from_cuda_visible_devices_or_nvidia_smi(tmp_path, monkeyp
 @pytest.mark.parametrize("value, names", [((0, 1), ["0", "1"]), (0, ["0"]), ("0,2", ["0", "2"]), ("none", []),
                                           ("", []), (None, None)])
 def test_gpus_option_values(value, names):
-    from trainer.experiment import gpus
+    from trainer.search import gpus
 
     assert gpus.parse_gpus(value) == names
 
 
 @pytest.mark.parametrize("value, message", [("0,0", "names a GPU twice"), ("cuda:0", "is not a GPU index or UUID")])
 def test_gpus_option_rejects(value, message):
-    from trainer.experiment import gpus
+    from trainer.search import gpus
 
     with pytest.raises(UsageError, match=message):
         gpus.parse_gpus(value)
 
 
 def test_round_robin_takes_the_least_busy_gpu_after_the_last_one():
-    from trainer.experiment.gpus import next_gpu
+    from trainer.search.gpus import next_gpu
 
     assert next_gpu(["0", "1", "2"], [], 1) == "0"
     assert next_gpu(["0", "1", "2"], ["0"], 1, last="0") == "1"

@@ -29,7 +29,7 @@ SUBCOMMANDS = {
                  "score a saved model with given decoding settings (one metric line)"),
     "predict": ("trainer.run.predict:predict_command", "predict --model_name_or_path DIR --test_file F",
                 "the submission CSV (fname,summary) for a test file"),
-    "search": ("trainer.experiment.search:search", "search EXPERIMENT.yaml",
+    "search": ("trainer.search.command:search", "search EXPERIMENT.yaml",
                "run a Katib Experiment on this machine with Optuna"),
     "check": ("trainer.experiment.check:check", "check PATH...",
               "what Katib's webhook or the trainer would reject in Experiments, offline"),

@@ -62,7 +62,7 @@ def run_search(document: dict, work: Path) -> list[tuple[float | None, int]]:
     to work/NAME.log."""
     import optuna
 
-    from trainer.experiment import search
+    from trainer.search import command as search
 
     name = document["metadata"]["name"]
     path = work / f"{name}.yaml"

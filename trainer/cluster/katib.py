@@ -8,7 +8,7 @@
 Reading follows what the Katib controllers write (kubeflow/katib, pkg/apis/controller and
 pkg/controller.v1beta1/experiment/util/status_util.go): Experiment status counts and
 currentOptimalTrial, Trial conditions, and observation metrics as {name, min, max, latest}
-strings ("unavailable" when never reported). The table and preset come from trainer.experiment.results,
+strings ("unavailable" when never reported). The table and preset come from trainer.search.results,
 so a cluster result and a local one look and load the same.
 """
 
@@ -335,7 +335,7 @@ def score(experiment: dict) -> str:
 
 def trial_rows(trials: list[dict], objective: dict) -> list:
     """TrialRows in creation order, numbered from 0 as Optuna numbers a local search's trials."""
-    from trainer.experiment.results import TrialRow
+    from trainer.search.results import TrialRow
 
     now = datetime.now(timezone.utc)
     metric = objective.get("objectiveMetricName", "")
@@ -356,7 +356,7 @@ def trial_rows(trials: list[dict], objective: dict) -> list:
 
 
 def trials(name: str, namespace=None, context=None) -> None:
-    from trainer.experiment.results import format_table
+    from trainer.search.results import format_table
 
     cluster, ns = connected(context, namespace)
     experiment = kube.get_experiment(cluster, ns, name)
@@ -373,7 +373,7 @@ def trials(name: str, namespace=None, context=None) -> None:
 
 
 def best(name: str, namespace=None, output=None, context=None) -> None:
-    from trainer.experiment.results import docker_line, preset_flags, write_preset
+    from trainer.search.results import docker_line, preset_flags, write_preset
 
     cluster, ns = connected(context, namespace)
     experiment = kube.get_experiment(cluster, ns, name)

@@ -12,7 +12,7 @@ import warnings
 import optuna
 
 from trainer.errors import UsageError
-from trainer.experiment import pruner as median
+from trainer.search import pruner as median
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.flags import format_value

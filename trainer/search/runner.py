@@ -27,10 +27,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.experiment import pruner as median
-from trainer.experiment import results
-from trainer.experiment.plan import Plan, local_argv, omp_threads, trial_dir
-from trainer.experiment.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
+from trainer.search import pruner as median
+from trainer.search import results
+from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
+from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
                                       to_number)
 from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags

@@ -128,7 +128,7 @@ def write_preset(path: str | Path, flags: dict, comments: list[str] = ()) -> Pat
 def trial_rows(plan, trials) -> list[TrialRow]:
     from optuna.trial import TrialState
 
-    from trainer.experiment.study import katib_state
+    from trainer.search.study import katib_state
 
     rows = []
     for t in trials:
@@ -233,8 +233,8 @@ def whole_name(text: str, params: list[str]) -> str:
 def add_noise(plan, rows: list[TrialRow]) -> dict:
     """Each trial's 95% interval from its predictions.csv, and the paired comparison with the best
     (the row with the best objective). Returns {trial name: Scores} of the trials that have them."""
-    from trainer.experiment import noise
-    from trainer.experiment.plan import trial_dir
+    from trainer.search import noise
+    from trainer.search.plan import trial_dir
 
     metric = plan.objective.removeprefix("final_")
     scores = {r.name: noise.read_scores(trial_dir(plan, r.name) / "predictions.csv", metric)
@@ -249,7 +249,7 @@ def add_noise(plan, rows: list[TrialRow]) -> dict:
 def rank(plan, rows: list[TrialRow], scores: dict) -> tuple[TrialRow | None, list[TrialRow]]:
     """The best row (Katib's optimal trial: the first with the best objective) and the others the data
     cannot tell apart from it; marks vs_best on every row with an objective."""
-    from trainer.experiment import noise
+    from trainer.search import noise
 
     scored = [r for r in rows if r.objective is not None and r.state in WITH_OBJECTIVE]
     if not scored:
@@ -287,8 +287,8 @@ def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_nam
 def show_results(plan, study, keep_models: bool) -> None:
     """The end of a local search: the table with each trial's interval, the best trial (or the tie)
     with its docker line and preset, trials.csv, plots."""
-    from trainer.experiment.plan import trial_command, trial_dir
-    from trainer.experiment.study import INTERRUPTED
+    from trainer.search.plan import trial_command, trial_dir
+    from trainer.search.study import INTERRUPTED
 
     e = plan.experiment
     trials = study.get_trials(deepcopy=False)

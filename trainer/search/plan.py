@@ -17,8 +17,9 @@ from pathlib import Path
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.experiment import check, check_trial, space
-from trainer.experiment import gpus as devices
+from trainer.experiment import check, check_trial
+from trainer.search import space
+from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab

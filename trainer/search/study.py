@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.errors import UsageError, first_line
-from trainer.experiment import pruner as median
-from trainer.experiment.plan import Plan
+from trainer.search import pruner as median
+from trainer.search.plan import Plan
 from trainer.experiment.vocabulary import (EARLY_STOPPED, FAILED_STATES, FINISHED, PENDING, RUNNING, SUCCEEDED,
                                            WITH_OBJECTIVE)
 

@@ -20,11 +20,11 @@ import optuna
 
 from trainer.console import say
 from trainer.errors import UsageError
-from trainer.experiment import gpus as devices
-from trainer.experiment import results, space
-from trainer.experiment.plan import Plan, make_plan, show_plan
-from trainer.experiment.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
-from trainer.experiment.study import counted, lock_study, open_study, stop_message, stop_reason
+from trainer.search import gpus as devices
+from trainer.search import results, space
+from trainer.search.plan import Plan, make_plan, show_plan
+from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
+from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
 from trainer.flags import parse_assignments
 from trainer.run import config
 
