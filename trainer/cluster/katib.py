@@ -39,6 +39,8 @@ class Katib:
     status EXPERIMENT [-n NS] [--watch]     conditions, trials by state, the optimal trial
     trials EXPERIMENT [-n NS]               the trial table (as `trainer search` prints it)
     best EXPERIMENT [-n NS] [-o FILE]       docker run line + preset file of the optimal trial
+    narrow EXPERIMENT [-n NS] [-o FILE]     the next Experiment, focused around the best trials
+    confirm EXPERIMENT [-n NS] [-o FILE]    Experiments rerunning the best configurations with other seeds
 
     Cluster: the kubeconfig ($KUBECONFIG or ~/.kube/config) and its current context or --context,
     else the pod's service account. Namespace (-n/--namespace): else the Experiment file's, else
@@ -66,6 +68,16 @@ class Katib:
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
         (--output, default EXPERIMENT-best.yaml)."""
         best(str(experiment), namespace=namespace, output=output, context=context)
+
+    def narrow(self, experiment, namespace=None, output=None, context=None):
+        """The next Experiment (--output, default EXPERIMENT-stage2.yaml): ranges and lists shrunk around the
+        best Succeeded trials, one-value parameters fixed, 15 trials (as `trainer search --narrow`)."""
+        narrow(str(experiment), namespace=namespace, output=output, context=context)
+
+    def confirm(self, experiment, namespace=None, output=None, top=3, seeds=3, context=None):
+        """One Experiment per configuration of the --top best trials: a grid over --seeds other seeds
+        (--output, default EXPERIMENT-confirm.yaml); compare them with `trainer katib trials`."""
+        confirm(str(experiment), namespace=namespace, output=output, top=top, seeds=seeds, context=context)
 
 
 def seconds(value) -> float:
@@ -396,3 +408,40 @@ def best(name: str, namespace=None, output=None, context=None) -> None:
     print(f"best trial: {trial_name}  {score(experiment)}")
     print(docker_line(argv))
     print(f"preset: {path}")
+
+
+# ---------------------------------------------------------------- narrow, confirm
+
+
+def finished_rows(name: str, namespace, context) -> tuple[dict, list, str]:
+    """(the served Experiment, its trial rows, where it came from)."""
+    cluster, ns = connected(context, namespace)
+    experiment = kube.get_experiment(cluster, ns, name)
+    rows = trial_rows(kube.list_trials(cluster, ns, name), field(experiment, "spec", "objective", default={}))
+    return experiment, rows, f"Katib Experiment {ns}/{name}"
+
+
+def narrow(name: str, namespace=None, output=None, context=None) -> None:
+    from trainer.search import narrow as narrowing
+
+    experiment, rows, source = finished_rows(name, namespace, context)
+    objective = field(experiment, "spec", "objective", default={})
+    doc, header = narrowing.narrowed(experiment, rows, objective.get("type") == "maximize",
+                                     objective.get("objectiveMetricName", "objective"), source)
+    path = narrowing.write(output or f"{name}-stage2.yaml", doc, header)
+    print(f"narrowed: {path} (Experiment {doc['metadata']['name']}, {doc['spec']['maxTrialCount']} trials)")
+    for line in header[1:]:
+        print(f"  {line}")
+    print(f"check and submit it: trainer check {path} && kubectl apply -f {path}")
+
+
+def confirm(name: str, namespace=None, output=None, top=3, seeds=3, context=None) -> None:
+    from trainer.search import confirm as confirming
+
+    experiment, rows, source = finished_rows(name, namespace, context)
+    docs, header = confirming.confirm_experiments(experiment, rows, source, top, seeds)
+    path = confirming.write_experiments(output or f"{name}-confirm.yaml", docs, header)
+    print(f"confirmation: {path} ({len(docs)} Experiments: {', '.join(d['metadata']['name'] for d in docs)})")
+    for line in header[1:]:
+        print(f"  {line}")
+    print(f"submit it: kubectl apply -f {path}; compare: trainer katib trials NAME for each")
