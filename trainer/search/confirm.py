@@ -148,7 +148,8 @@ def open_confirm_study(plan):
 
     study = optuna.create_study(storage=plan.storage, study_name=plan.experiment.name + STUDY_SUFFIX,
                                 direction="maximize" if plan.maximize else "minimize", load_if_exists=True,
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+                                sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=optuna.pruners.NopPruner())  # every seed runs to its end
     clear_stale(study)
     return study
 
@@ -249,7 +250,7 @@ def show(plan, configs: list[Configuration], seeds: list[int], own: int, outcome
     from trainer.search.results import describe, format_interval
 
     header = ["config", "parameters", f"seed {own} (search)", *(f"seed {s}" for s in seeds), "mean", "sd",
-              "examples 95%", "leader - this (paired by seed)"]
+              "examples 95%", "leader ahead by (paired by seed)"]
     lines = [header]
     for c in configs:
         if c.name == outcome.leader:
