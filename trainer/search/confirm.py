@@ -292,7 +292,7 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
     argv = ex.trial_args(e, winner.params, winner.name)
     say(f"\nconfirmed: {winner.name}'s configuration is ahead of the others beyond seed noise ({plan.objective} "
         f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): {docker_line(argv)}")
-    preset = write_preset(best_yaml, preset_flags(argv), [
+    preset = write_preset(best_yaml, preset_flags(argv, plan.overrides.get("preset")), [
         f"configuration of trial {winner.name} of Experiment {e.name}, confirmed across seeds "
         f"{', '.join(map(str, seeds))}: {plan.objective} mean {winner.mean:.4f}, sd {winner.sd:.4f}",
         "written by trainer search --confirm; use: trainer --preset THIS_FILE --train_file=... --eval_file=...",
