@@ -130,3 +130,27 @@ def test_katib_confirm_experiments_are_seed_grids_that_pass_check():
         assert (e.algorithm.name, e.max_trial_count, e.early_stopping) == ("grid", 3, None)
         args = parse_flags(ex.trial_args(e, {"seed": "2"}, "x")[1:])
         assert (args["learning_rate"], args["seed"], args["optim"]) == (lr, "2", "adamw_torch")
+
+
+def test_katib_confirm_writes_the_experiments_from_a_cluster_experiment(tmp_path):
+    from fake_kube import FakeKube
+    from test_katib import NS, cli_env, run, served_trials, tpe_experiment
+
+    with FakeKube() as server:
+        experiment = tpe_experiment()
+        server.add(experiment)
+        for t in served_trials(experiment):
+            server.add(t)
+        out = tmp_path / "confirm.yaml"
+        result = run("katib", "confirm", "kobart-tpe", f"--namespace={NS}", f"--output={out}", "--top=2",
+                     "--seeds=2", env=cli_env(tmp_path, server.url))
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["metadata"] for d in docs] == [{"name": "kobart-tpe-confirm1", "namespace": NS},
+                                            {"name": "kobart-tpe-confirm2", "namespace": NS}]
+    # The two Succeeded trials, best first (0.4321, then 0.4012), each on seeds 1 and 2.
+    firsts = [parse_flags(ex.trial_args(ex.parse_experiment(d, "c"), {"seed": "1"}, "x")[1:]) for d in docs]
+    assert [(f["learning_rate"], f["lr_scheduler_type"], f["seed"]) for f in firsts] == [
+        ("3.2e-05", "cosine", "1"), ("0.00012", "linear", "1")]
+    assert all(d["spec"]["parameters"][0]["feasibleSpace"]["list"] == ["1", "2"] for d in docs)
+    assert all(not check.check_experiment(e).problems for e in ex.load_experiments([out]))

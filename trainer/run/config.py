@@ -49,7 +49,7 @@ class TrainConfig:
     weight_decay: float = _flag(0.01, "AdamW weight decay (>= 0)")
     label_smoothing_factor: float = _flag(0.0, "label smoothing, in [0, 1)")
     max_grad_norm: float = _flag(1.0, "gradient clipping norm (0 disables)")
-    # None: the model's own value (KoBART's config says 0.1 for both); BART config's names
+    # None: the checkpoint's own value; BART config's names
     dropout: float | None = _flag(None, "dropout probability of the model's layers, in [0, 1) (unset = the model's own)")
     attention_dropout: float | None = _flag(None, "dropout on attention weights, in [0, 1) (unset = the model's own)")
     fp16: bool = _flag(False, "fp16 mixed precision on CUDA (warning and fp32 elsewhere)")
