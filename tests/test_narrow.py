@@ -170,3 +170,19 @@ def test_katib_narrow_writes_the_next_experiment_from_a_cluster_experiment(tmp_p
     assert (args["optim"], args["per_device_train_batch_size"], args["fp16"]) == ("adamw_torch", "16", "false")
     assert out.read_text().startswith("# Narrowed from Experiment kobart-tpe (Katib Experiment kobart-tuning/kobart-tpe)")
     assert not check.check_experiment(ex.load_experiments([out])[0]).problems
+
+
+def test_a_small_grid_gets_a_budget_katib_accepts():
+    doc = yaml.safe_load((ROOT / "manifests/experiments/grid.yaml").read_text())
+    del doc["spec"]["parallelTrialCount"]  # Katib's default, 3, must not exceed maxTrialCount either
+    rows = [TrialRow("g1", "Succeeded", {"learning_rate": "3e-5", "per_device_train_batch_size": "16",
+                                         "num_train_epochs": n}, v) for n, v in (("10", 0.5), ("20", 0.6))]
+    rows.append(TrialRow("g2", "Succeeded", {"learning_rate": "1e-5", "per_device_train_batch_size": "32",
+                                             "num_train_epochs": "30"}, 0.1))
+    narrow_doc, _ = narrow.narrowed(doc, rows, True, "rouge_avg", "grid.yaml")
+    assert parameters(narrow_doc)["num_train_epochs"]["feasibleSpace"]["list"] == ["10", "20", "30"]
+    doc2, _ = narrow.narrowed(doc, rows[:2], True, "rouge_avg", "grid.yaml")
+    # learning rate and batch size fixed, epochs 10 and 20 left: a 2-point grid, 2 trials, 2 at a time
+    assert list(parameters(doc2)) == ["num_train_epochs"]
+    assert (doc2["spec"]["maxTrialCount"], doc2["spec"]["parallelTrialCount"]) == (2, 2)
+    assert not check.check_experiment(ex.parse_experiment(doc2, "next.yaml")).problems

@@ -66,3 +66,15 @@ def test_three_stages_run_locally_each_carrying_its_winner_into_the_next(tmp_pat
         assert (run["learning_rate"], run["lr_scheduler_type"]) == (one["learning_rate"], two["lr_scheduler_type"])
         assert run["num_train_epochs"] == math.ceil(two["num_train_epochs"] / 5)
     assert len({(r["dropout"], r["warmup_ratio"], r["weight_decay"]) for r in stage3}) > 1  # searched, not fixed
+
+
+def test_a_stage_without_its_preset_here_is_one_clear_line(tmp_path):
+    import pytest
+
+    from trainer.errors import UsageError
+    from trainer.search import command as search
+
+    with pytest.raises(UsageError, match=r"^--preset=/output/presets/kobart-stage1.yaml: no such file here \(a path "
+                                         r"inside the trial pod\?\); pass --set=preset=PATH"):
+        search.search(str(ROOT / "manifests/stages/stage2.yaml"), smoke=True, output_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()

@@ -28,6 +28,7 @@ from pathlib import Path
 from trainer.errors import UsageError
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
+from trainer.experiment import vocabulary as vocab
 from trainer.experiment.vocabulary import SUCCEEDED
 from trainer.flags import format_value
 
@@ -160,9 +161,13 @@ def set_budget(doc: dict, budget: int) -> None:
     """maxTrialCount, and the counts Katib's webhook wants at most that."""
     spec = doc["spec"]
     spec["maxTrialCount"] = budget
-    for key in ("parallelTrialCount", "maxFailedTrialCount"):
-        if ex.is_int(spec.get(key)) and spec[key] > budget:
-            spec[key] = budget
+    # Katib defaults an unset parallelTrialCount to 3, which must not exceed maxTrialCount either.
+    parallel = spec.get("parallelTrialCount")
+    parallel = parallel if ex.is_int(parallel) else vocab.DEFAULT_PARALLEL_TRIAL_COUNT
+    if parallel > budget or "parallelTrialCount" in spec:
+        spec["parallelTrialCount"] = min(parallel, budget)
+    if ex.is_int(spec.get("maxFailedTrialCount")) and spec["maxFailedTrialCount"] > budget:
+        spec["maxFailedTrialCount"] = budget
 
 
 def clean_metadata(doc: dict, name: str) -> None:
