@@ -17,6 +17,7 @@ from trainer.experiment import check
 from trainer.experiment import spec as ex
 from trainer.flags import parse_flags
 from trainer.search import command as search
+from trainer.cluster import confirm as cluster_confirm
 from trainer.search import confirm
 from trainer.search.results import TrialRow
 
@@ -121,7 +122,7 @@ def test_katib_confirm_experiments_are_seed_grids_that_pass_check():
     rows = [TrialRow("t1", "Succeeded", {**base, "learning_rate": "1e-3"}, 0.84),
             TrialRow("t2", "Succeeded", base, 0.83), TrialRow("t3", "Failed", base, None),
             TrialRow("t4", "Succeeded", base, 0.80)]  # the same configuration as t2: not confirmed twice
-    docs, header = confirm.confirm_experiments(document, rows, "tpe.yaml", top=3, seeds=3)
+    docs, header = cluster_confirm.confirm_experiments(document, rows, "tpe.yaml", top=3, seeds=3)
     assert [d["metadata"]["name"] for d in docs] == ["kobart-tpe-confirm1", "kobart-tpe-confirm2"]
     for doc, lr in zip(docs, ("1e-3", "3e-4")):
         e = ex.parse_experiment(doc, "confirm.yaml")
@@ -146,11 +147,54 @@ def test_katib_confirm_writes_the_experiments_from_a_cluster_experiment(tmp_path
                      "--seeds=2", env=cli_env(tmp_path, server.url))
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(out.read_text()))
-    assert [d["metadata"] for d in docs] == [{"name": "kobart-tpe-confirm1", "namespace": NS},
-                                            {"name": "kobart-tpe-confirm2", "namespace": NS}]
+    annotation = cluster_confirm.ANNOTATION
+    assert [d["metadata"] for d in docs] == [
+        {"name": "kobart-tpe-confirm1", "namespace": NS, "annotations": {annotation: "kobart-tpe-b8x2k9qd"}},
+        {"name": "kobart-tpe-confirm2", "namespace": NS, "annotations": {annotation: "kobart-tpe-a7h3m2pw"}}]
     # The two Succeeded trials, best first (0.4321, then 0.4012), each on seeds 1 and 2.
     firsts = [parse_flags(ex.trial_args(ex.parse_experiment(d, "c"), {"seed": "1"}, "x")[1:]) for d in docs]
     assert [(f["learning_rate"], f["lr_scheduler_type"], f["seed"]) for f in firsts] == [
         ("3.2e-05", "cosine", "1"), ("0.00012", "linear", "1")]
     assert all(d["spec"]["parameters"][0]["feasibleSpace"]["list"] == ["1", "2"] for d in docs)
     assert all(not check.check_experiment(e).problems for e in ex.load_experiments([out]))
+
+
+def test_katib_confirm_compare_reads_the_seed_runs_back_and_names_a_winner_only_beyond_the_noise(tmp_path):
+    from fake_kube import FakeKube, metrics, trial
+    from test_katib import NS, cli_env, run, served_trials, tpe_experiment
+
+    experiment = tpe_experiment()
+    rows = [TrialRow(t["metadata"]["name"], "Succeeded", {p["name"]: p["value"] for p in t["spec"]["parameterAssignments"]},
+                     o) for t, o in zip(served_trials(experiment)[:2], (0.4012, 0.4321))]
+    docs, _ = cluster_confirm.confirm_experiments(experiment, rows, "served", top=2, seeds=3)
+    by_trial = {d["metadata"]["annotations"][cluster_confirm.ANNOTATION]: d for d in docs}
+
+    def served(best_values, other_values):
+        with FakeKube() as server:
+            server.add(experiment)
+            for t in served_trials(experiment):
+                server.add(t)
+            for trial_name, values in (("kobart-tpe-b8x2k9qd", best_values), ("kobart-tpe-a7h3m2pw", other_values)):
+                doc = by_trial[trial_name]
+                server.add(doc)
+                for seed, value in zip(SEEDS, values):
+                    server.add(trial(doc, f"{doc['metadata']['name']}-s{seed}", {"seed": str(seed)}, "Succeeded",
+                                     "2026-11-29T00:00:00Z", "2026-11-29T01:00:00Z",
+                                     metrics(rouge_avg=("0.1", str(value), str(value)))))
+            return run("katib", "confirm", "kobart-tpe", f"--namespace={NS}", "--compare",
+                       f"--output={tmp_path / 'confirmed.yaml'}", env=cli_env(tmp_path, server.url))
+
+    # differences 0.03, 0.03, 0.02: mean 0.0267, t-interval [0.0123, 0.0410], above 0
+    result = served([0.43, 0.44, 0.42], [0.40, 0.41, 0.40])
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("kobart-tpe-a7h3m2pw"))
+    assert "+0.0267 [0.0123, 0.0410] behind" in line
+    assert "confirmed: kobart-tpe-b8x2k9qd's configuration" in result.stdout
+    preset = yaml.safe_load((tmp_path / "confirmed.yaml").read_text())
+    assert (preset["learning_rate"], preset["lr_scheduler_type"]) == (3.2e-05, "cosine")
+    (tmp_path / "confirmed.yaml").unlink()
+    # differences 0.00, 0.02, -0.01: the interval holds 0
+    result = served([0.43, 0.44, 0.42], [0.43, 0.42, 0.43])
+    assert result.returncode == 0, result.stderr
+    assert "tie across seeds: kobart-tpe-b8x2k9qd, kobart-tpe-a7h3m2pw" in result.stdout
+    assert not (tmp_path / "confirmed.yaml").exists()

@@ -74,10 +74,17 @@ class Katib:
         best Succeeded trials, one-value parameters fixed, 15 trials (as `trainer search --narrow`)."""
         narrow(str(experiment), namespace=namespace, output=output, context=context)
 
-    def confirm(self, experiment, namespace=None, output=None, top=3, seeds=3, context=None):
+    def confirm(self, experiment, namespace=None, output=None, top=3, seeds=3, compare=False, context=None):
         """One Experiment per configuration of the --top best trials: a grid over --seeds other seeds
-        (--output, default EXPERIMENT-confirm.yaml); compare them with `trainer katib trials`."""
-        confirm(str(experiment), namespace=namespace, output=output, top=top, seeds=seeds, context=context)
+        (--output, default EXPERIMENT-confirm.yaml). --compare, once they ran: each configuration per seed,
+        and a winner only beyond seed noise (paired by seed), as `trainer search --confirm` prints it, with its
+        preset (--output, default EXPERIMENT-confirmed.yaml)."""
+        from trainer.cluster import confirm
+
+        if compare:
+            confirm.compare_served(str(experiment), namespace=namespace, output=output, context=context)
+        else:
+            confirm.write(str(experiment), namespace=namespace, output=output, top=top, seeds=seeds, context=context)
 
 
 def seconds(value) -> float:
@@ -434,14 +441,3 @@ def narrow(name: str, namespace=None, output=None, context=None) -> None:
         print(f"  {line}")
     print(f"check and submit it: trainer check {path} && kubectl apply -f {path}")
 
-
-def confirm(name: str, namespace=None, output=None, top=3, seeds=3, context=None) -> None:
-    from trainer.search import confirm as confirming
-
-    experiment, rows, source = finished_rows(name, namespace, context)
-    docs, header = confirming.confirm_experiments(experiment, rows, source, top, seeds)
-    path = confirming.write_experiments(output or f"{name}-confirm.yaml", docs, header)
-    print(f"confirmation: {path} ({len(docs)} Experiments: {', '.join(d['metadata']['name'] for d in docs)})")
-    for line in header[1:]:
-        print(f"  {line}")
-    print(f"submit it: kubectl apply -f {path}; compare: trainer katib trials NAME for each")

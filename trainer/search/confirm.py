@@ -38,7 +38,7 @@ STUDY_SUFFIX = "-confirm"
 class Configuration:
     name: str  # the search trial it comes from
     params: dict  # as the search study holds them
-    search_value: float
+    search_value: float | None  # at the search's seed
     values: dict[int, float] = field(default_factory=dict)  # seed -> objective
     interval: tuple[float, float] | None = None  # examples, averaged over the seeds
 
@@ -239,14 +239,16 @@ def confirm_study(plan, study, top: int, seed_count: int, keep_models: bool = Fa
     run_pairs(plan, confirm, pairs)
     gather(plan, confirm, configs, seeds)
     outcome = compare(configs, plan.maximize)
-    show(plan, configs, seeds, own, outcome)
+    show(plan.objective, configs, seeds, own, outcome)
     conclude(plan, configs, seeds, outcome)
     if not keep_models:
         remove_models(plan, [f"{c.name}-seed{s}" for c in configs for s in seeds])
     return outcome
 
 
-def show(plan, configs: list[Configuration], seeds: list[int], own: int, outcome: Comparison) -> None:
+def show(objective: str, configs: list[Configuration], seeds: list[int], own: int, outcome: Comparison,
+         out=say) -> None:
+    """The table: each configuration per seed, mean, sd, example interval, the paired difference to the leader."""
     from trainer.search.results import describe, format_interval
 
     header = ["config", "parameters", f"seed {own} (search)", *(f"seed {s}" for s in seeds), "mean", "sd",
@@ -261,13 +263,13 @@ def show(plan, configs: list[Configuration], seeds: list[int], own: int, outcome
             versus += " tie" if c.name in outcome.tied else " behind"
         else:
             versus = "-"
-        lines.append([c.name, describe(c.params), f"{c.search_value:.4f}",
+        lines.append([c.name, describe(c.params), "-" if c.search_value is None else f"{c.search_value:.4f}",
                       *(f"{c.values[s]:.4f}" if s in c.values else "failed" for s in seeds),
                       "-" if c.mean is None else f"{c.mean:.4f}", "-" if c.sd is None else f"{c.sd:.4f}",
                       format_interval(c.interval), versus])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    say("\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines))
-    say(f"{plan.objective} per seed; mean and sd over seeds {', '.join(map(str, seeds))} (the search's seed {own} "
+    out("\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines))
+    out(f"{objective} per seed; mean and sd over seeds {', '.join(map(str, seeds))} (the search's seed {own} "
         f"picked these configurations, so it is left out); examples 95%: bootstrap over the evaluation examples "
         f"of the seeds' mean scores; paired: 95% t-interval of the per-seed differences")
 
@@ -310,80 +312,3 @@ def remove_models(plan, names: list[str]) -> None:
             if model.is_dir():
                 shutil.rmtree(model, ignore_errors=True)
 
-
-# ---------------------------------------------------------------- on a cluster: generated Experiments
-
-
-def confirm_experiments(document: dict, rows: list, source: str, top=3, seeds=3) -> tuple[list[dict], list[str]]:
-    """One Experiment per configuration of the `top` best distinct Succeeded trials: its parameters fixed
-    in the trial command, a grid over `seed` (the other seeds), no early stopping and no goal (every seed
-    runs to the end). Returns the documents and a header comment."""
-    import copy
-
-    from trainer.flags import with_flags
-    from trainer.search import narrow
-
-    e = ex.parse_experiment(document, source)
-    top, count = whole(top, "top", 1), whole(seeds, "seeds", 2)
-    if any(p.name == "seed" for p in e.parameters) or "${" in parse_flags(ex.template_argv(e)[1:]).get("seed", ""):
-        raise UsageError(f"{source}: it searches seed itself; confirmation varies it")
-    own = int(parse_flags(ex.template_argv(e)[1:]).get("seed", config.TrainConfig.seed))
-    seed_list = new_seeds(own, count)
-    picked, seen = [], set()
-    for row in narrow.top_rows(rows, e.objective.type == "maximize", count=len(rows)):
-        key = tuple(sorted(row.params.items()))
-        if key not in seen and len(picked) < top:
-            seen.add(key)
-            picked.append(row)
-    if not picked:
-        raise UsageError(f"{source}: no Succeeded trial with an objective: nothing to confirm")
-    docs, lines = [], []
-    for index, row in enumerate(picked, 1):
-        doc = copy.deepcopy(document)
-        suffix = f"{STUDY_SUFFIX}{index}"
-        narrow.clean_metadata(doc, e.name[:narrow.NAME_LIMIT - len(suffix)].rstrip("-") + suffix)
-        narrow.fix_parameters(doc, {p.name: str(row.params[p.name]) for p in e.parameters if p.name in row.params})
-        spec = doc["spec"]
-        spec["parameters"] = [{"name": "seed", "parameterType": "discrete",
-                               "feasibleSpace": {"list": [str(s) for s in seed_list]}}]
-        spec["algorithm"] = {"algorithmName": "grid"}
-        spec.pop("earlyStopping", None)
-        spec["objective"].pop("goal", None)
-        template = spec["trialTemplate"]
-        template["trialParameters"].append({"name": "seed", "reference": "seed",
-                                            "description": "training seed (confirmation)"})
-        for container in template["trialSpec"]["spec"]["template"]["spec"]["containers"]:
-            if container.get("name") == template.get("primaryContainerName"):
-                container["args"] = with_flags(container.get("args") or [], {"seed": "${trialParameters.seed}"})
-        narrow.set_budget(doc, len(seed_list))
-        docs.append(doc)
-        objective = "-" if row.objective is None else f"{row.objective:.4f}"
-        lines.append(f"{doc['metadata']['name']}: trial {row.name} ({e.objective.objective_metric_name} {objective} "
-                     f"at seed {own}): {' '.join(f'{k}={v}' for k, v in row.params.items())}")
-    header = [f"Confirmation across seeds of Katib Experiment {e.name} ({source}), written by trainer katib confirm:",
-              f"its {len(picked)} best configurations, each a grid over seeds {', '.join(map(str, seed_list))} "
-              f"(it trained with seed {own}).",
-              *lines,
-              "Compare the configurations seed by seed (trainer katib trials NAME); a gap inside the seeds' spread is a tie."]
-    return docs, header
-
-
-def write_experiments(path, docs: list[dict], header: list[str]):
-    """The Experiments as one multi-document file, each checked as `trainer check` checks files."""
-    from pathlib import Path
-
-    import yaml
-
-    from trainer.experiment import check
-    from trainer.run.files import atomic_write
-
-    path = Path(path)
-    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True)
-    for experiment in ex.parse_documents(text, str(path)):
-        problems = check.check_experiment(experiment).problems
-        if problems:
-            raise UsageError(f"{path}: {experiment.name} would not pass trainer check: "
-                             f"{problems[0].field}: {problems[0].message}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
-    return path
