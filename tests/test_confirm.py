@@ -102,6 +102,7 @@ def test_compare_by_hand():
     c = confirm.Configuration("c", {}, 0.6, values={1: 0.30})
     outcome = confirm.compare([a, c], maximize=True)
     assert outcome.winner is None and outcome.tied == ["a", "c"]
+    assert confirm.compare([a], maximize=True).winner is None  # ahead of nothing: no winner
     assert confirm.new_seeds(42, 3) == [1, 2, 3] and confirm.new_seeds(2, 3) == [1, 3, 4]
 
 

@@ -140,6 +140,9 @@ def compare_served(name: str, namespace=None, output=None, context=None) -> None
     outcome = compare(configs, objective.get("type") == "maximize")
     own = search_seed(ex.parse_experiment(experiment, f"{ns}/{name}"), f"{ns}/{name}")
     show(metric, configs, sorted(seeds), own, outcome, out=print)
+    if len(configs) < 2:
+        print("one configuration only: its spread over seeds is above; nothing to compare it with")
+        return
     if outcome.winner is None:
         print(f"tie across seeds: {', '.join(outcome.tied) or 'no configuration has a finished seed'} cannot be "
               "told apart beyond seed noise: no winner")

@@ -75,7 +75,7 @@ def compare(configs: list[Configuration], maximize: bool) -> Comparison:
     """The leader (best mean over seeds), each other one's paired difference to it (positive: the
     leader is better), and the winner only where every difference's interval is above 0."""
     scored = [c for c in configs if c.values]
-    if not scored:
+    if not scored or len(configs) < 2:  # one configuration is ahead of nothing
         return Comparison(None, None, [], {})
     sign = 1 if maximize else -1
     leader = max(scored, key=lambda c: sign * c.mean)
@@ -280,6 +280,10 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
     e = plan.experiment
     by_name = {c.name: c for c in configs}
     best_yaml = plan.output_dir / "best.yaml"
+    if len(configs) < 2:
+        say(f"\none configuration only: its spread over seeds is above; nothing to compare it with "
+            f"({best_yaml} is left as the search wrote it)")
+        return
     if outcome.winner is None:
         group = outcome.tied or [c.name for c in configs]
         say(f"\ntie across seeds: {', '.join(group)} cannot be told apart beyond seed noise: no best trial "
