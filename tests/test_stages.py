@@ -78,3 +78,33 @@ def test_a_stage_without_its_preset_here_is_one_clear_line(tmp_path):
                                          r"inside the trial pod\?\); pass --set=preset=PATH"):
         search.search(str(ROOT / "manifests/stages/stage2.yaml"), smoke=True, output_dir=str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_on_a_cluster_a_stages_best_merges_a_local_copy_of_the_preset_its_trials_read(tmp_path):
+    from fake_kube import FakeKube, metrics
+    from test_katib import NS, cli_env, run
+
+    doc = yaml.safe_load((ROOT / "manifests/stages/stage2.yaml").read_text())
+    doc["metadata"]["namespace"] = NS
+    doc["status"] = {"currentOptimalTrial": {
+        "bestTrialName": "kobart-stage2-epochs-schedule-x1",
+        "parameterAssignments": [{"name": "num_train_epochs", "value": "20"},
+                                 {"name": "lr_scheduler_type", "value": "cosine"}],
+        "observation": {"metrics": metrics(rouge_avg=("0.30", "0.45", "0.44"))}}}
+    stage1 = tmp_path / "kobart-stage1.yaml"
+    stage1.write_text("learning_rate: 0.0003\nper_device_train_batch_size: 16\nnum_train_epochs: 10\n")
+    with FakeKube() as server:
+        server.add(doc)
+        env = cli_env(tmp_path, server.url)
+        merged = run("katib", "best", "kobart-stage2-epochs-schedule", f"--namespace={NS}", f"--preset={stage1}",
+                     f"--output={tmp_path / 'kobart-stage2.yaml'}", env=env)
+        alone = run("katib", "best", "kobart-stage2-epochs-schedule", f"--namespace={NS}",
+                    f"--output={tmp_path / 'alone.yaml'}", env=env)
+    assert merged.returncode == 0, merged.stderr
+    preset = yaml.safe_load((tmp_path / "kobart-stage2.yaml").read_text())
+    # stage 1's winner under stage 2's own flags (its epochs win over the preset's 10)
+    assert (preset["learning_rate"], preset["per_device_train_batch_size"]) == (0.0003, 16)
+    assert (preset["num_train_epochs"], preset["lr_scheduler_type"]) == (20, "cosine")
+    assert alone.returncode == 0, alone.stderr
+    assert "learning_rate" not in yaml.safe_load((tmp_path / "alone.yaml").read_text())
+    assert "note: its trials also read --preset=/output/presets/kobart-stage1.yaml" in alone.stdout

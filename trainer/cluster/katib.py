@@ -26,6 +26,8 @@ from trainer.experiment import vocabulary as vocab
 from trainer.cluster import kube
 from trainer.console import print_error
 from trainer.errors import UsageError
+from trainer.flags import parse_flags
+from trainer.run.config import PRESETS
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DONE_STATES = (vocab.SUCCEEDED, vocab.FAILED)  # an Experiment's end
@@ -64,10 +66,11 @@ class Katib:
         """A table of the Experiment's trials: state, parameters, objective, duration."""
         trials(str(experiment), namespace=namespace, context=context)
 
-    def best(self, experiment, namespace=None, output=None, context=None):
+    def best(self, experiment, namespace=None, output=None, context=None, preset=None):
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
-        (--output, default EXPERIMENT-best.yaml)."""
-        best(str(experiment), namespace=namespace, output=output, context=context)
+        (--output, default EXPERIMENT-best.yaml). --preset: a local copy of the preset its trials read (a
+        stage's, on the outputs volume), merged under the trial's own flags."""
+        best(str(experiment), namespace=namespace, output=output, context=context, preset=preset)
 
     def narrow(self, experiment, namespace=None, output=None, context=None):
         """The next Experiment (--output, default EXPERIMENT-stage2.yaml): ranges and lists shrunk around the
@@ -391,7 +394,7 @@ def trials(name: str, namespace=None, context=None) -> None:
 # ---------------------------------------------------------------- best
 
 
-def best(name: str, namespace=None, output=None, context=None) -> None:
+def best(name: str, namespace=None, output=None, context=None, preset=None) -> None:
     from trainer.search.results import docker_line, preset_flags, write_preset
 
     cluster, ns = connected(context, namespace)
@@ -408,13 +411,19 @@ def best(name: str, namespace=None, output=None, context=None) -> None:
     path = Path(output or f"{name}-best.yaml")
     use = (f"trainer predict --preset {path.name} --model_name_or_path=... --test_file=..." if argv[1:2] == ["evaluate"]
            else f"trainer --preset {path.name} --train_file=... --eval_file=...")  # a decoding or a training trial
-    write_preset(path, preset_flags(argv), comments=[
+    if preset and not Path(str(preset)).is_file():
+        raise UsageError(f"--preset={preset}: no such file (the local copy of the preset its trials read)")
+    write_preset(path, preset_flags(argv, str(preset) if preset else None), comments=[
         f"Best trial {trial_name} of Katib Experiment {ns}/{name}: {score(experiment)}",
         f"Run it: {use} (explicit flags win)",
     ])
     print(f"best trial: {trial_name}  {score(experiment)}")
     print(docker_line(argv))
     print(f"preset: {path}")
+    inherited = parse_flags(argv[1:]).get("preset", "")
+    if inherited and not preset and not Path(inherited).is_file() and inherited not in PRESETS:  # a stage's, in the pod
+        print(f"note: its trials also read --preset={inherited} (the outputs volume), not merged into {path}: "
+              f"pass a local copy of it, trainer katib best {name} --preset=COPY, for the whole recipe")
 
 
 # ---------------------------------------------------------------- narrow, confirm
