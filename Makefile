@@ -7,10 +7,15 @@ BIN := $(VENV)/bin
 CHECKOV_VENV := .venv-checkov
 EXPERIMENT ?= manifests/experiments/tpe.yaml
 
-.PHONY: search test install
+.PHONY: search stages test install
 
 search: $(BIN)/trainer
 	$(BIN)/trainer search $(EXPERIMENT) --smoke
+
+# The tuning guide's staged search on the built-in task: manifests/stages/stage1..3, each stage's
+# best.yaml carried into the next as its preset (outputs/stages/stageN/).
+stages: $(BIN)/trainer
+	PATH=$(CURDIR)/$(BIN):$$PATH sh scripts/stages.sh outputs/stages --smoke
 
 test: $(BIN)/trainer $(CHECKOV_VENV)/bin/checkov
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q

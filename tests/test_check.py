@@ -66,8 +66,10 @@ def test_folder_passes_through_the_cli():
     result = subprocess.run([*trainer_command(), "check", str(ROOT / "manifests")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == ("4 Experiments OK: kobart-decode (multivariate-tpe), kobart-grid (grid), "
-                                     "kobart-random (random), kobart-tpe (multivariate-tpe)")
+    assert result.stdout.strip() == ("7 Experiments OK: kobart-decode (multivariate-tpe), kobart-grid (grid), "
+                                     "kobart-random (random), kobart-tpe (multivariate-tpe), "
+                                     "kobart-stage1-lr-batch (multivariate-tpe), kobart-stage2-epochs-schedule (grid), "
+                                     "kobart-stage3-details (multivariate-tpe)")
 
 
 def test_rendered_kustomize_output_on_stdin_passes():

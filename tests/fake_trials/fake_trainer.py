@@ -8,6 +8,8 @@ Behaviour, from its flags:
   --seed=13              one evaluation, then exit 3: a Failed trial
   --seed=14              no metric line at all, exit 0: a MetricsUnavailable trial
   --report_to=wandb      an (empty) offline W&B run folder where wandb puts one: OUTPUT_DIR/wandb/offline-run-*
+  FAKE_SEED_NOISE=S (env) every rouge_avg of a run shifted by seed_noise(learning_rate, seed, S): a fixed,
+                         known draw in [-S, S] per configuration and seed (training noise a seed adds)
   FAKE_STOP_AT=K (env)   its own early stopping ends it after epoch K (said in metrics.json)
   FAKE_SPREAD=S (env)    predictions.csv's per-example rouge_avg spread by S around the trial's value,
                          independently per learning rate (0: every example scores the trial's value)
@@ -35,6 +37,11 @@ def save(folder: str, record: dict) -> None:
     os.replace(temporary, os.path.join(folder, "run.json"))
 
 
+def seed_noise(learning_rate: str, seed: str, size: float) -> float:
+    """The fixed shift a seed gives one configuration (tests compute it with this same function)."""
+    return random.Random(f"{learning_rate}|{seed}").uniform(-size, size) if size else 0.0
+
+
 def main() -> int:
     flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--") and "=" in arg)
     folder = flags["output_dir"]
@@ -49,6 +56,7 @@ def main() -> int:
     learning_rate = float(flags.get("learning_rate", "0.1")) * float(os.environ.get("FAKE_LR_SCALE", "1"))
     epochs = int(float(flags.get("num_train_epochs", "3")))
     seed = flags.get("seed", "42")
+    learning_rate += seed_noise(flags.get("learning_rate", "0.1"), seed, float(os.environ.get("FAKE_SEED_NOISE", "0")))
     pause = float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05"))
     print("fake trainer: training", flush=True)
     last = min(epochs, int(os.environ.get("FAKE_STOP_AT", epochs)))

@@ -26,6 +26,8 @@ from trainer.experiment import vocabulary as vocab
 from trainer.cluster import kube
 from trainer.console import print_error
 from trainer.errors import UsageError
+from trainer.flags import parse_flags
+from trainer.run.config import PRESETS
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 DONE_STATES = (vocab.SUCCEEDED, vocab.FAILED)  # an Experiment's end
@@ -39,6 +41,8 @@ class Katib:
     status EXPERIMENT [-n NS] [--watch]     conditions, trials by state, the optimal trial
     trials EXPERIMENT [-n NS]               the trial table (as `trainer search` prints it)
     best EXPERIMENT [-n NS] [-o FILE]       docker run line + preset file of the optimal trial
+    narrow EXPERIMENT [-n NS] [-o FILE]     the next Experiment, focused around the best trials
+    confirm EXPERIMENT [-n NS] [-o FILE]    Experiments rerunning the best configurations with other seeds
 
     Cluster: the kubeconfig ($KUBECONFIG or ~/.kube/config) and its current context or --context,
     else the pod's service account. Namespace (-n/--namespace): else the Experiment file's, else
@@ -62,10 +66,28 @@ class Katib:
         """A table of the Experiment's trials: state, parameters, objective, duration."""
         trials(str(experiment), namespace=namespace, context=context)
 
-    def best(self, experiment, namespace=None, output=None, context=None):
+    def best(self, experiment, namespace=None, output=None, context=None, preset=None):
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
-        (--output, default EXPERIMENT-best.yaml)."""
-        best(str(experiment), namespace=namespace, output=output, context=context)
+        (--output, default EXPERIMENT-best.yaml). --preset: a local copy of the preset its trials read (a
+        stage's, on the outputs volume), merged under the trial's own flags."""
+        best(str(experiment), namespace=namespace, output=output, context=context, preset=preset)
+
+    def narrow(self, experiment, namespace=None, output=None, context=None):
+        """The next Experiment (--output, default EXPERIMENT-stage2.yaml): ranges and lists shrunk around the
+        best Succeeded trials, one-value parameters fixed, 15 trials (as `trainer search --narrow`)."""
+        narrow(str(experiment), namespace=namespace, output=output, context=context)
+
+    def confirm(self, experiment, namespace=None, output=None, top=3, seeds=3, compare=False, context=None):
+        """One Experiment per configuration of the --top best trials: a grid over --seeds other seeds
+        (--output, default EXPERIMENT-confirm.yaml). --compare, once they ran: each configuration per seed,
+        and a winner only beyond seed noise (paired by seed), as `trainer search --confirm` prints it, with its
+        preset (--output, default EXPERIMENT-confirmed.yaml)."""
+        from trainer.cluster import confirm
+
+        if compare:
+            confirm.compare_served(str(experiment), namespace=namespace, output=output, context=context)
+        else:
+            confirm.write(str(experiment), namespace=namespace, output=output, top=top, seeds=seeds, context=context)
 
 
 def seconds(value) -> float:
@@ -372,7 +394,7 @@ def trials(name: str, namespace=None, context=None) -> None:
 # ---------------------------------------------------------------- best
 
 
-def best(name: str, namespace=None, output=None, context=None) -> None:
+def best(name: str, namespace=None, output=None, context=None, preset=None) -> None:
     from trainer.search.results import docker_line, preset_flags, write_preset
 
     cluster, ns = connected(context, namespace)
@@ -389,10 +411,42 @@ def best(name: str, namespace=None, output=None, context=None) -> None:
     path = Path(output or f"{name}-best.yaml")
     use = (f"trainer predict --preset {path.name} --model_name_or_path=... --test_file=..." if argv[1:2] == ["evaluate"]
            else f"trainer --preset {path.name} --train_file=... --eval_file=...")  # a decoding or a training trial
-    write_preset(path, preset_flags(argv), comments=[
+    if preset and not Path(str(preset)).is_file():
+        raise UsageError(f"--preset={preset}: no such file (the local copy of the preset its trials read)")
+    write_preset(path, preset_flags(argv, str(preset) if preset else None), comments=[
         f"Best trial {trial_name} of Katib Experiment {ns}/{name}: {score(experiment)}",
         f"Run it: {use} (explicit flags win)",
     ])
     print(f"best trial: {trial_name}  {score(experiment)}")
     print(docker_line(argv))
     print(f"preset: {path}")
+    inherited = parse_flags(argv[1:]).get("preset", "")
+    if inherited and not preset and not Path(inherited).is_file() and inherited not in PRESETS:  # a stage's, in the pod
+        print(f"note: its trials also read --preset={inherited} (the outputs volume), not merged into {path}: "
+              f"pass a local copy of it, trainer katib best {name} --preset=COPY, for the whole recipe")
+
+
+# ---------------------------------------------------------------- narrow, confirm
+
+
+def finished_rows(name: str, namespace, context) -> tuple[dict, list, str]:
+    """(the served Experiment, its trial rows, where it came from)."""
+    cluster, ns = connected(context, namespace)
+    experiment = kube.get_experiment(cluster, ns, name)
+    rows = trial_rows(kube.list_trials(cluster, ns, name), field(experiment, "spec", "objective", default={}))
+    return experiment, rows, f"Katib Experiment {ns}/{name}"
+
+
+def narrow(name: str, namespace=None, output=None, context=None) -> None:
+    from trainer.search import narrow as narrowing
+
+    experiment, rows, source = finished_rows(name, namespace, context)
+    objective = field(experiment, "spec", "objective", default={})
+    doc, header = narrowing.narrowed(experiment, rows, objective.get("type") == "maximize",
+                                     objective.get("objectiveMetricName", "objective"), source)
+    path = narrowing.write(output or f"{name}-stage2.yaml", doc, header)
+    print(f"narrowed: {path} (Experiment {doc['metadata']['name']}, {doc['spec']['maxTrialCount']} trials)")
+    for line in header[1:]:
+        print(f"  {line}")
+    print(f"check and submit it: trainer check {path} && kubectl apply -f {path}")
+

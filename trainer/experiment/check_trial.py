@@ -14,7 +14,7 @@ from trainer.experiment import vocabulary as vocab
 from trainer.experiment.check_job import check_pod_failure_policy
 from trainer.experiment.findings import Report
 from trainer.flags import flag_name, format_value, parse_flags
-from trainer.run.config import COMMAND_FLAGS, build_config, unknown_flag_message
+from trainer.run.config import COMMAND_FLAGS, PRESETS, build_config, unknown_flag_message
 from trainer.run.report import (FILTER_TIMEOUT_S, FINAL_METRIC_NAMES, METRIC_NAMES, filter_matches,
                                 format_metric_line, parse_line)
 
@@ -329,7 +329,9 @@ def trainer_error(e: ex.Experiment, assignment: dict[str, str], names: list[str]
     try:
         argv = ex.trial_args(e, assignment, f"{e.name or 'trial'}-check")
         command, args = trial_command(argv)
-        build_config({k: v for k, v in parse_flags(args).items() if k in names}, command=command)
+        # A preset file is read inside the trial pod (the outputs volume): not here.
+        build_config({k: v for k, v in parse_flags(args).items()
+                      if k in names and (k != "preset" or v in PRESETS)}, command=command)
     except UsageError as error:
         return str(error)
     return None

@@ -49,6 +49,9 @@ class TrainConfig:
     weight_decay: float = _flag(0.01, "AdamW weight decay (>= 0)")
     label_smoothing_factor: float = _flag(0.0, "label smoothing, in [0, 1)")
     max_grad_norm: float = _flag(1.0, "gradient clipping norm (0 disables)")
+    # None: the checkpoint's own value; BART config's names
+    dropout: float | None = _flag(None, "dropout probability of the model's layers, in [0, 1) (unset = the model's own)")
+    attention_dropout: float | None = _flag(None, "dropout on attention weights, in [0, 1) (unset = the model's own)")
     fp16: bool = _flag(False, "fp16 mixed precision on CUDA (warning and fp32 elsewhere)")
     bf16: bool = _flag(False, "bf16 mixed precision where supported (warning and fp32 elsewhere)")
     early_stopping_patience: int = _flag(3, "stop after this many evaluations without a better rouge_avg (0 = never)")
@@ -167,6 +170,10 @@ def coerce(name: str, value: Any) -> Any:
     if name not in FLAGS:
         raise UsageError(unknown_flag_message(name))
     kind = FLAGS[name].type
+    if kind == "float | None":  # unset: the model's own value
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        kind = "float"
     kind = {"bool": bool, "int": int, "float": float, "str": str}.get(kind, kind)
     if kind is bool:
         if isinstance(value, bool):
@@ -279,6 +286,9 @@ def validate(config: TrainConfig, check_names: bool = True, command: str = "trai
     require(0 <= c.warmup_ratio < 1, f"--warmup_ratio={c.warmup_ratio} must be in [0, 1)")
     require(0 <= c.label_smoothing_factor < 1,
             f"--label_smoothing_factor={c.label_smoothing_factor} must be in [0, 1)")
+    for name in ("dropout", "attention_dropout"):
+        value = getattr(c, name)
+        require(value is None or 0 <= value < 1, f"--{name}={value} must be in [0, 1) (unset: the model's own)")
     for name in ("weight_decay", "max_grad_norm", "early_stopping_patience",
                  "max_train_samples", "max_eval_samples", "epoch_eval_samples", "no_repeat_ngram_size",
                  "eval_num_beams"):

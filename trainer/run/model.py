@@ -43,6 +43,19 @@ def load_model_config(path: str, revision: str = ""):
         raise UsageError(f"--model_name_or_path {path!r}: cannot load its config: {first_line(error)}") from None
 
 
+def set_dropout(model_config, config: TrainConfig) -> None:
+    """--dropout and --attention_dropout into the model's config before the model is built from it
+    (unset: the checkpoint's own values); the saved best_model/config.json records what trained."""
+    for name in ("dropout", "attention_dropout"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not hasattr(model_config, name):
+            raise UsageError(f"--{name}: model type {model_config.model_type!r} has no {name!r} setting in its "
+                             "config (BART-style models have one); leave it unset")
+        setattr(model_config, name, value)
+
+
 def max_input_tokens(model_config) -> int | None:
     positions = getattr(model_config, "max_position_embeddings", None)
     if positions is None:

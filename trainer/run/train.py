@@ -23,7 +23,7 @@ from trainer.errors import UsageError
 from trainer.run.config import TrainConfig, check_output_dir, cpu_count
 from trainer.run.data import find_tags, load_splits, references_passed, tokenized
 from trainer.run.files import full_disk_is_one_line
-from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer,
+from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, set_dropout,
                                resolve_model_path, set_decoding)
 from trainer.run.rouge import check_references
 from trainer.run.callbacks import TrainingDiverged, make_callbacks, watch_sigterm
@@ -205,6 +205,7 @@ def prepare(config: TrainConfig):
     model_path = resolve_model_path(config)
     model_config = load_model_config(model_path, config.revision)
     check_lengths(config, model_config)
+    set_dropout(model_config, config)
     return train_split, eval_split, model_path, model_config
 
 

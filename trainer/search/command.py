@@ -21,6 +21,8 @@ import optuna
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.search import gpus as devices
+from trainer.search import confirm as confirming
+from trainer.search import narrow as narrowing
 from trainer.search import results, space
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
@@ -29,7 +31,7 @@ from trainer.flags import parse_assignments
 from trainer.run import config
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, narrow="", confirm=None, seeds=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -54,12 +56,23 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             default: the visible ones. Each trial gets one (round-robin over the free ones), and
             parallel defaults to their number
         trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
+        narrow: write the next Experiment here when the search ends (NEXT.yaml): ranges and lists shrunk
+            around the top trials, one-value parameters fixed, 15 trials; on a finished study it only writes it
+        confirm: rerun the K best configurations with --seeds more seeds after the search (or on a finished
+            study) and name a winner (best.yaml) only when it is ahead beyond seed noise
+        seeds: seeds for --confirm (default 3; at least 2)
     """
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
                      gpus, trials_per_gpu)
     sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
     pruner = space.make_pruner(plan.experiment)
+    if narrow:
+        narrowing.refuse_output(narrow, plan.experiment.source)
+    if confirm is not None:
+        confirm, seeds = confirming.check_options(plan, confirm, seeds)
+    elif seeds is not None:
+        raise UsageError("--seeds goes with --confirm K (the configurations to rerun with that many seeds)")
     with lock_study(plan):  # held until this search ends: a second one on the study stops at once
         show_plan(plan)
         study = open_study(plan, sampler, pruner)
@@ -74,6 +87,14 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
         say(stop_message(plan, study, reason))
         results.show_results(plan, study, bool(keep_models))
+        if narrow:
+            narrowing.narrow_study(plan, study, narrow)
+        if confirm is not None:
+            try:
+                confirming.confirm_study(plan, study, confirm, seeds, bool(keep_models))
+            except (KeyboardInterrupt, Terminated) as stop:
+                say("interrupted: finished confirmation runs are kept; the same command runs the rest")
+                raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
         results.show_wandb_sync(plan)
     if reason == "failed":
         raise SystemExit(1)

@@ -219,8 +219,11 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
     else:
         data = {flag: value if value == builtin.SAMPLE else fingerprint(Path(value))
                 for flag in data_flags(trial_command(plan)) for value in [getattr(settings, flag)]}
-    return {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
-            "smoke": plan.smoke, "data": data}
+    definition = {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
+                  "smoke": plan.smoke, "data": data}
+    if settings.preset and Path(settings.preset).is_file():  # a stage's preset: another winner, another study
+        definition["preset"] = fingerprint(Path(settings.preset))
+    return definition
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
@@ -232,6 +235,10 @@ def validate_locally(plan: Plan) -> None:
     before any trial starts: the Experiment's pod paths (/data/...) do not exist here."""
     argv = local_argv(plan, sample_assignment(plan.experiment), f"{plan.experiment.name}-check")
     command = trial_command(plan)
+    preset = parse_flags(argv[1:]).get("preset", "")
+    if Path(preset).is_absolute() and not Path(preset).exists():
+        raise UsageError(f"--preset={preset}: no such file here (a path inside the trial pod?); pass "
+                         "--set=preset=PATH (the previous stage's best.yaml)")
     settings = config.build_config(parse_flags(argv), command=command)
     model = settings.model_name_or_path
     if Path(model).is_absolute() and not Path(model).exists():
@@ -310,13 +317,23 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
         flags.update(smoke_flags(plan))
     if plan.smoke and trial_command(plan) == "train":
         try:
-            epochs = float(parse_flags(argv[1:]).get("num_train_epochs", config.TrainConfig.num_train_epochs))
+            epochs = float(parse_flags(argv[1:]).get("num_train_epochs") or trial_preset(plan, argv).get(
+                "num_train_epochs", config.TrainConfig.num_train_epochs))
         except ValueError:
             epochs = config.TrainConfig.num_train_epochs
         flags["num_train_epochs"] = str(smoke_epochs(epochs))
     flags.update(plan.overrides)  # after the smoke flags: an explicit --set model or data wins
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
+
+
+def trial_preset(plan: Plan, argv: list[str]) -> dict:
+    """The preset a trial runs with (a --set one wins over the Experiment's), where it is readable here."""
+    preset = plan.overrides.get("preset") or parse_flags(argv[1:]).get("preset", "")
+    try:
+        return config.load_preset(preset)
+    except UsageError:  # validate_locally names it
+        return {}
 
 
 def trial_command(plan: Plan) -> str:

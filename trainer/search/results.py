@@ -9,6 +9,7 @@ preset format; the local search's part reads its study (optuna, imported only th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import shutil
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.console import say
+from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.flags import format_value, parse_flags
 from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
@@ -101,11 +103,17 @@ def docker_line(argv: list[str], image: str = IMAGE) -> str:
     return " ".join(["docker", "run", "--gpus", "all", image, *(shlex.quote(a) for a in argv[1:])])
 
 
-def preset_flags(argv: list[str]) -> dict:
+def preset_flags(argv: list[str], preset: str | None = None) -> dict:
     """The trial's training and decoding flags, typed as the trainer reads them, without where-to-read/write
     flags. Every decoding flag is written (the default where the trial had none), so the preset is the
-    whole recipe: `trainer predict --preset FILE` decodes exactly as the trial's evaluations did."""
-    flags = {name: config.coerce(name, value) for name, value in parse_flags(argv[1:]).items()
+    whole recipe: `trainer predict --preset FILE` decodes exactly as the trial's evaluations did. The
+    preset the trial ran with (`preset`, else its --preset where readable here) is merged in under its
+    own flags, so a stage's best.yaml carries the earlier stages' winners too."""
+    explicit = parse_flags(argv[1:])
+    inherited = {}
+    with contextlib.suppress(UsageError):  # a path inside a trial pod: not readable here
+        inherited = config.load_preset(preset or explicit.get("preset", ""))
+    flags = {name: config.coerce(name, value) for name, value in {**inherited, **explicit}.items()
              if name not in PLACE_FLAGS}
     decoding = {name: flags.pop(name, config.FLAGS[name].default) for name in config.DECODING_FLAGS}
     return {**flags, **decoding}
@@ -333,7 +341,7 @@ def show_results(plan, study, keep_models: bool) -> None:
         say(f"run it on a GPU:\n  {docker_line(argv)}")
         use = ("trainer --preset THIS_FILE --train_file=... --eval_file=..." if trial_command(plan) == "train" else
                "trainer predict --preset THIS_FILE --model_name_or_path=... --test_file=... (or trainer evaluate)")
-        preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv), [
+        preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv, plan.overrides.get("preset")), [
             f"best trial {best.name} of Experiment {e.name}: {plan.objective}={best.objective:.4f}",
             f"written by trainer search; use: {use}",
         ])
