@@ -29,7 +29,7 @@ from trainer.flags import parse_assignments
 from trainer.run import config
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, early_stopping=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -54,12 +54,15 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             default: the visible ones. Each trial gets one (round-robin over the free ones), and
             parallel defaults to their number
         trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
+        early_stopping: medianstop (the Experiment's own rule, Katib's defaults without earlyStopping),
+            asha (successive halving: rungs after 1, 3, 9, ... epochs, a third go on; local only, Katib
+            has medianstop) or none; default: the Experiment's own earlyStopping
     """
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
-                     gpus, trials_per_gpu)
+                     gpus, trials_per_gpu, early_stopping)
     sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
-    pruner = space.make_pruner(plan.experiment)
+    pruner = space.make_pruner(plan.experiment, plan.early_stopping)
     with lock_study(plan):  # held until this search ends: a second one on the study stops at once
         show_plan(plan)
         study = open_study(plan, sampler, pruner)

@@ -65,6 +65,7 @@ class Plan:
     definition: dict = field(default_factory=dict)  # what the study's trials depend on (study.py checks it)
     gpus: list[str] = field(default_factory=list)  # each trial gets one; none: trials on the CPU
     trials_per_gpu: int = 1
+    early_stopping: str = "none"  # the rule that runs (space.EARLY_STOPPING_RULES)
 
 
 def select_experiment(path, name: str) -> ex.Experiment:
@@ -113,8 +114,9 @@ def entrypoint(command: str) -> list[str]:
 
 
 def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir, gpus=None,
-              trials_per_gpu=None) -> Plan:
+              trials_per_gpu=None, early_stopping=None) -> Plan:
     e = select_experiment(path, name)
+    rule = space.early_stopping_rule(e, early_stopping)
     refuse_rejected(e)
     refuse_searched_overrides(e, overrides)
     algorithm = e.algorithm.name
@@ -165,6 +167,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         notes=notes + space.ignored_settings(e.algorithm),
         gpus=gpu_names,
         trials_per_gpu=per_gpu,
+        early_stopping=rule,
     )
     validate_locally(plan)
     return plan
@@ -247,8 +250,8 @@ def validate_locally(plan: Plan) -> None:
 
 def show_plan(plan: Plan) -> None:
     e = plan.experiment
-    stopping = f", early stopping {e.early_stopping.name}" if e.early_stopping else ""
-    say(f"trainer search: {e.name} from {e.source}: {e.algorithm.name}{stopping}")
+    say(f"trainer search: {e.name} from {e.source}: {e.algorithm.name}, "
+        f"{space.describe_early_stopping(e, plan.early_stopping)}")
     direction = "maximize" if plan.maximize else "minimize"
     goal = f", goal {plan.goal:g}" if plan.goal is not None else ""
     say(f"  objective: {direction} {plan.objective} ({plan.strategies[plan.objective]} over each trial's "
@@ -270,8 +273,9 @@ def show_plan(plan: Plan) -> None:
             + (" (a searched parameter: its order is kept)" if searched else ""))
         say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
             "best hyperparameters")
-        if e.early_stopping and e.early_stopping.name == "medianstop":
-            start = int(e.early_stopping.settings.get("start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
+        if plan.early_stopping == "medianstop":
+            start = int((e.early_stopping.settings if e.early_stopping else {}).get(
+                "start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
             say(f"  smoke: medianstop judges a trial from evaluation {start} on: only trials of more than "
                 f"{SMOKE_EPOCH_DIVISOR * (start - 1)} epochs get that far here")
     if plan.overrides:
