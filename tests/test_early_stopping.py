@@ -3,16 +3,23 @@ epoch number), the rule is picked by name with Katib's medianstop as the Experim
 
 from __future__ import annotations
 
+import csv
+import re
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from test_search import fake_trainer as fake_trainer_fixture
+from test_search import load, states
 
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.search import pruner as median
+from trainer.search import command as search
 from trainer.search import space
+
+fake_trainer = fake_trainer_fixture  # the `trainer` stand-in on PATH: rouge_avg = lr + 0.01 * epoch
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests" / "experiments"
 
@@ -84,3 +91,31 @@ def test_rules_by_name():
     assert space.make_pruner(experiment(), "none") is None
     with pytest.raises(UsageError, match=r"'asah' is not a rule: did you mean asha\? use one of medianstop, asha, none"):
         space.make_pruner(experiment(), "asah")
+
+
+def test_smoke_search_with_asha_says_which_trials_stopped_at_which_rung(tmp_path, fake_trainer, capsys):
+    out = tmp_path / "out"
+    search.search(str(MANIFESTS / "tpe.yaml"), smoke=True, parallel=1, output_dir=str(out), early_stopping="asha")
+    printed = capsys.readouterr().out
+    assert "early stopping asha (successive halving: rungs after 1, 3, 9, ... epochs, 1 in 3 goes on; a local " \
+           "rule: on Katib the same file uses its medianstop)" in printed
+    study = load(out, "kobart-tpe")
+    stopped = [t for t, state in zip(study.trials, states(study)) if state == "EarlyStopped"]
+    assert stopped and len(stopped) < len(study.trials)  # the first trial always goes on
+    rows = {row["trial"]: row for row in csv.DictReader((out / "trials.csv").open(encoding="utf-8"))}
+    for trial in study.trials:
+        name, epochs = trial.user_attrs["trial_name"], sorted(trial.intermediate_values)
+        assert epochs == list(range(1, len(epochs) + 1))  # step = epoch number
+        if trial not in stopped:
+            assert rows[name]["stopped_by"] == ""
+            continue
+        # judged only at a rung's epoch (1 or 3), and stopped there: never after epoch 2
+        rung = {1: 1, 3: 2}[len(epochs)]
+        note = f"asha: stopped at rung {rung} ({len(epochs)} epoch{'s' if rung > 1 else ''})"
+        assert trial.user_attrs[median.STOPPED_BY_ATTR] == rows[name]["stopped_by"] == note
+        assert re.search(rf"^{trial.number}\s+{name}\s+EarlyStopped\s.*{re.escape(note)}", printed, re.M)
+        # it was worse than every earlier trial at that rung (one in three goes on; below 3, the best)
+        earlier = [t.intermediate_values[len(epochs)] for t in study.trials[:trial.number]
+                   if len(epochs) in t.intermediate_values]
+        assert trial.intermediate_values[len(epochs)] < max(earlier)
+    assert "early stopping: asha" in (out / "best.yaml").read_text()
