@@ -21,7 +21,7 @@ import optuna
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.search import gpus as devices
-from trainer.search import results, space
+from trainer.search import brackets, results, space
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
 from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
@@ -116,6 +116,8 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     try:
         while True:
             while not reason and len(running) < plan.parallel and plan.max_trials - len(counted(study)) > len(running):
+                if plan.hyperband is not None and not brackets.queue_next(plan, study):
+                    break  # the rung below is still running, or the schedule is done
                 gpu = devices.next_gpu(plan.gpus, [r.gpu for r in running.values()], plan.trials_per_gpu, gpu)
                 run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.search import pruner as median
-from trainer.search import results, space
+from trainer.search import brackets, results, space
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
 from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
                                       to_number)
@@ -300,7 +300,8 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     again = [t for t in trials if katib_state(t) == INTERRUPTED and t.number not in rerun]
     for trial in again:
         study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number,
-                                                      "trial_name": trial.user_attrs.get("trial_name")})
+                                                      "trial_name": trial.user_attrs.get("trial_name"),
+                                                      **brackets.rerun_attrs(trial)})
     done = counted(study)
     if done or again:
         say(f"  resuming: {len(done)} of {plan.max_trials} trials done earlier"

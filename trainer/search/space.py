@@ -143,6 +143,7 @@ SAMPLERS = {
     "bayesianoptimization": gp_sampler,
     "cmaes": cmaes_sampler,
     "sobol": sobol_sampler,
+    "hyperband": random_sampler,  # Katib's hyperband draws each new configuration at random (brackets.py)
 }
 # The algorithms `trainer search` runs with an Optuna equivalent.
 LOCAL_ALGORITHMS = tuple(SAMPLERS)
