@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 from test_search import fake_trainer as fake_trainer_fixture
-from test_search import load, states
+from test_search import discrete, load, states, write_experiment
 
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
@@ -109,13 +109,24 @@ def test_smoke_search_with_asha_says_which_trials_stopped_at_which_rung(tmp_path
         if trial not in stopped:
             assert rows[name]["stopped_by"] == ""
             continue
-        # judged only at a rung's epoch (1 or 3), and stopped there: never after epoch 2
-        rung = {1: 1, 3: 2}[len(epochs)]
-        note = f"asha: stopped at rung {rung} ({len(epochs)} epoch{'s' if rung > 1 else ''})"
-        assert trial.user_attrs[median.STOPPED_BY_ATTR] == rows[name]["stopped_by"] == note
+        # judged only at a rung's epoch (1 or 3) and stopped there (an evaluation printed before
+        # SIGTERM landed is still recorded)
+        note = trial.user_attrs[median.STOPPED_BY_ATTR]
+        rung, epoch = map(int, re.fullmatch(r"asha: stopped at rung (\d) \((\d) epochs?\)", note).groups())
+        assert (rung, epoch) in ((1, 1), (2, 3)) and epoch in epochs and rows[name]["stopped_by"] == note
         assert re.search(rf"^{trial.number}\s+{name}\s+EarlyStopped\s.*{re.escape(note)}", printed, re.M)
         # it was worse than every earlier trial at that rung (one in three goes on; below 3, the best)
-        earlier = [t.intermediate_values[len(epochs)] for t in study.trials[:trial.number]
-                   if len(epochs) in t.intermediate_values]
-        assert trial.intermediate_values[len(epochs)] < max(earlier)
+        earlier = [t.intermediate_values[epoch] for t in study.trials[:trial.number] if epoch in t.intermediate_values]
+        assert trial.intermediate_values[epoch] < max(earlier)
     assert "early stopping: asha" in (out / "best.yaml").read_text()
+
+
+def test_a_rerun_with_another_rule_is_refused(tmp_path, fake_trainer, capsys):
+    path = write_experiment(tmp_path, "fake-rule", "grid", [discrete("learning_rate", "0.1", "0.2")], max_trials=1,
+                            fixed=["--num_train_epochs=2"])
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out))
+    with pytest.raises(UsageError, match="it was run with early stopping the Experiment's own, this run has asha"):
+        search.search(str(path), output_dir=str(out), max_trials=2, early_stopping="asha")
+    search.search(str(path), output_dir=str(out), max_trials=2)  # as before: resumes
+    assert states(load(out, "fake-rule")) == ["Succeeded", "Succeeded"]

@@ -248,8 +248,11 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
     else:
         data = {flag: value if value == builtin.SAMPLE else fingerprint(Path(value))
                 for flag in data_flags(trial_command(plan)) for value in [getattr(settings, flag)]}
-    return {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
-            "smoke": plan.smoke, "data": data}
+    definition = {"experiment": hashlib.sha256(spec.encode()).hexdigest(), "overrides": dict(plan.overrides),
+                  "smoke": plan.smoke, "data": data}
+    if plan.early_stopping != space.early_stopping_rule(plan.experiment):  # recorded where not the default
+        definition["early_stopping"] = plan.early_stopping
+    return definition
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
