@@ -133,3 +133,49 @@ def test_hyperband_runs_locally_as_katibs_service_schedules_it(tmp_path, fake_tr
 def test_hyperband_refuses_asha(tmp_path, fake_trainer):
     with pytest.raises(UsageError, match="hyperband stops configurations by its own rungs"):
         search.search(str(fake_hyperband(tmp_path)), output_dir=str(tmp_path / "out"), early_stopping="asha")
+
+
+def test_queue_waits_for_the_rung_below_and_an_interrupted_trials_rerun_keeps_its_rung():
+    import optuna
+    from types import SimpleNamespace
+
+    hb = brackets.Hyperband(3, 3, "num_train_epochs", tuple(hyperband.schedule(3, 3)))
+    assert [(r.trials, r.resource) for r in hb.rungs] == [(3, 1), (1, 3), (2, 3)]  # s_max 1: ceil(2*3/2), ...
+    plan = SimpleNamespace(hyperband=hb, maximize=True)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    space = brackets.distributions(hb, {"learning_rate": optuna.distributions.FloatDistribution(0.1, 0.5)})
+
+    def start():
+        assert brackets.queue_next(plan, study)
+        trial = study.ask(space)
+        if "trial_name" not in trial.user_attrs:
+            trial.set_user_attr("trial_name", f"t{trial.number}")
+        return trial
+
+    def finish(trial, value):
+        trial.set_user_attr("objective", value)
+        study.tell(trial, value)
+
+    a, b, c = start(), start(), start()
+    assert [t.params["num_train_epochs"] for t in (a, b, c)] == ["1", "1", "1"]
+    assert not brackets.queue_next(plan, study)  # rung 0 is still running
+    finish(a, 0.2)
+    finish(b, 0.4)
+    c.set_user_attr("katib_state", "Interrupted")  # the search was stopped; the next one reruns it first
+    study.tell(c, state=optuna.trial.TrialState.FAIL)
+    frozen = study.trials[c.number]
+    study.enqueue_trial(frozen.params, user_attrs={"trial_name": "t2", **brackets.rerun_attrs(frozen)})
+    rerun = start()
+    assert rerun.user_attrs["trial_name"] == "t2" and rerun.user_attrs[brackets.RUNG_ATTR] == 0
+    assert not brackets.queue_next(plan, study)
+    finish(rerun, 0.3)
+    promoted = start()  # the best of rung 0 (b), at 3 epochs
+    assert promoted.params == {**b.params, "num_train_epochs": "3"}
+    assert promoted.user_attrs[brackets.FROM_ATTR] == "t1"
+    assert not brackets.queue_next(plan, study)
+    finish(promoted, 0.5)
+    last = [start(), start()]  # bracket 0: 2 new configurations at 3 epochs
+    assert [t.user_attrs[brackets.BRACKET_ATTR] for t in last] == [0, 0]
+    for trial in last:
+        finish(trial, 0.1)
+    assert not brackets.queue_next(plan, study)  # the schedule is done

@@ -1,6 +1,7 @@
-"""Katib's algorithms and search space as Optuna's: distributions, the sampler, the medianstop pruner.
+"""Katib's algorithms and search space as Optuna's: distributions, the samplers (SAMPLERS: algorithm
+name -> builder) and the early-stopping rules (PRUNERS: rule name -> builder).
 
-Each mapping follows what Katib's own Optuna/hyperopt suggestion services do with the same
+Each sampler follows what Katib's own Optuna/hyperopt suggestion services do with the same
 Experiment. Nothing here writes into a plan: what the local run cannot honour comes back as notes.
 """
 
