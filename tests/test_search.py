@@ -662,10 +662,10 @@ def test_bad_set_values_are_refused_by_the_trainers_validation(tmp_path):
 
 def test_an_algorithm_without_local_equivalent_is_refused(tmp_path):
     document = yaml.safe_load((MANIFESTS / "random.yaml").read_text())
-    document["spec"]["algorithm"] = {"algorithmName": "hyperband"}
-    path = tmp_path / "hb.yaml"
+    document["spec"]["algorithm"] = {"algorithmName": "pbt"}  # hyperband runs locally now (test_hyperband.py)
+    path = tmp_path / "pbt.yaml"
     path.write_text(yaml.safe_dump(document))
-    with pytest.raises(UsageError, match="algorithm 'hyperband' has no local equivalent"):
+    with pytest.raises(UsageError, match="algorithm 'pbt' has no local equivalent"):
         search_plan.make_plan(path, "", True, None, None, "", {}, str(tmp_path))
 
 
