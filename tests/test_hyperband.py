@@ -90,6 +90,8 @@ def test_check_gives_katibs_validation_messages():
                                 "discrete values with int(): '0.0' fails (make it categorical, or double with "
                                 "min and max)"]
     assert any("keeps its own state" in w for w in findings(experiment_doc(current_s="1"))[1])
+    assert findings(experiment_doc(r_l=9))[0] == ["spec.algorithm.algorithmSettings[r_l]: value 9 must be a quoted "
+                                                  "string (\"9\")"]
 
 
 def fake_hyperband(tmp_path: Path, **settings) -> Path:

@@ -160,7 +160,9 @@ def check_hyperband(e: ex.Experiment, report: Report) -> None:
                                                        parallel if ex.is_int(parallel) else 0):
         report.problem(f"{field}[{name}]" if name else ("spec.parallelTrialCount" if "parallel" in message else field),
                        f"Katib's hyperband: {message}")
-    for name in settings:
+    for name, value in settings.items():
+        if not isinstance(value, str):
+            report.problem(f"{field}[{name}]", f"value {value!r} must be a quoted string (\"{value}\")")
         if name in vocab.HYPERBAND_STATE_SETTINGS:
             report.warn(f"{field}[{name}]", "Katib's hyperband service keeps its own state in this setting: a value "
                                             "here starts its schedule elsewhere (trainer search ignores it)")
