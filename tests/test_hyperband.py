@@ -83,7 +83,11 @@ def test_check_gives_katibs_validation_messages():
     # r_l=27: s_max 3, so ceil(3**3) = 27 trials at once; the Experiment has 9
     assert findings(experiment_doc(r_l="27"))[0] == [
         "spec.parallelTrialCount: Katib's hyperband: parallelTrialCount must be not less than 27."]
-    assert "must be a number >= 2" in findings(experiment_doc(eta="1"))[0][0]
+    assert findings(experiment_doc(eta="1"))[0] == ["spec.algorithm.algorithmSettings[eta]: Katib's hyperband: "
+                                                    "'1' must be a number >= 2"]
+    assert findings(experiment_doc(r_l="0.5"))[0] == ["spec.algorithm.algorithmSettings[r_l]: 0.5 gives trials "
+                                                      "num_train_epochs=0 (Katib writes int(r_l * eta^-s)): r_l must "
+                                                      "be at least 1"]
     doc = experiment_doc()
     next(p for p in doc["spec"]["parameters"] if p["name"] == "warmup_ratio")["parameterType"] = "discrete"
     assert findings(doc)[0] == ["spec.parameters[warmup_ratio].feasibleSpace.list: Katib's hyperband reads "

@@ -156,10 +156,15 @@ def check_hyperband(e: ex.Experiment, report: Report) -> None:
     field = "spec.algorithm.algorithmSettings"
     settings = e.algorithm.settings
     parallel = ex.parallel_trial_count(e)
-    for name, message in hyperband.validation_problems(settings, [p.name for p in e.parameters],
-                                                       parallel if ex.is_int(parallel) else 0):
+    found = hyperband.validation_problems(settings, [p.name for p in e.parameters],
+                                          parallel if ex.is_int(parallel) else 0)
+    for name, message in found:
         report.problem(f"{field}[{name}]" if name else ("spec.parallelTrialCount" if "parallel" in message else field),
                        f"Katib's hyperband: {message}")
+    rungs = [] if found else hyperband.schedule(float(str(settings["r_l"])), hyperband.katib_eta(settings))
+    if rungs and min(r.resource for r in rungs) < 1:
+        report.problem(f"{field}[r_l]", f"{settings['r_l']} gives trials {settings['resource_name']}=0 (Katib writes "
+                                        "int(r_l * eta^-s)): r_l must be at least 1")
     for name, value in settings.items():
         if not isinstance(value, str):
             report.problem(f"{field}[{name}]", f"value {value!r} must be a quoted string (\"{value}\")")

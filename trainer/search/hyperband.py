@@ -96,14 +96,14 @@ def validation_problems(settings: dict, parameter_names: list[str], parallel: in
         problems.append(("r_l", vocab.HYPERBAND_BAD_R_L + " (Katib's check lets 0 through, then fails on log(0))"))
         r_l = None
     try:
-        eta = int(float(str(settings.get("eta", DEFAULT_ETA))))  # the validation truncates eta
+        eta = float(str(settings.get("eta", DEFAULT_ETA)))
     except ValueError:
-        eta = None
-    if eta is None or eta == 1:
-        problems.append(("eta", f"{settings.get('eta')!r} must be a number >= 2 (Katib's service divides by "
-                                "log(eta) and fails)"))
+        eta = math.nan
+    if not math.isfinite(eta) or 0 < eta < 2:  # Katib divides by log(eta): 1 fails, below 1 runs backwards
+        problems.append(("eta", f"{settings.get('eta')!r} must be a number >= 2"))
     elif r_l is not None:
-        need = int(math.ceil((eta if eta > 0 else DEFAULT_ETA) ** s_max(r_l, eta if eta > 0 else DEFAULT_ETA)))
+        eta = int(eta) if eta > 0 else DEFAULT_ETA  # the validation truncates eta; 0 or less is 3
+        need = int(math.ceil(eta ** s_max(r_l, eta)))
         if parallel < need:
             problems.append(("", vocab.HYPERBAND_LOW_PARALLEL % need))
     if settings["resource_name"] not in parameter_names:
