@@ -89,7 +89,8 @@ def test_rules_by_name():
     katib_defaults = space.make_pruner(experiment(early_stopping=False), "medianstop")
     assert (katib_defaults.min_trials_required, katib_defaults.start_step) == (3, 4)
     assert space.make_pruner(experiment(), "none") is None
-    with pytest.raises(UsageError, match=r"'asah' is not a rule: did you mean asha\? use one of medianstop, asha, none"):
+    with pytest.raises(UsageError, match=r"'asah' is not a rule: did you mean asha\? use one of medianstop, asha, "
+                                         r"none"):
         space.make_pruner(experiment(), "asah")
 
 

@@ -84,7 +84,8 @@ def queue_next(plan, study: optuna.Study) -> bool:
                 params = {**source.params, **params}
                 attrs[FROM_ATTR] = source.user_attrs.get("trial_name")
             if not started:
-                say(f"hyperband {rung.label}: {size} configuration{'s' if size != 1 else ''} at {hb.resource_name}={rung.resource}"
+                say(f"hyperband {rung.label}: {size} configuration{'s' if size != 1 else ''} at "
+                    f"{hb.resource_name}={rung.resource}"
                     + (f", the best {size} of the {len(below)} below, retrained from scratch" if configs is not None
                        else ", new ones drawn at random"))
             study.enqueue_trial(params, user_attrs=attrs)
