@@ -275,6 +275,7 @@ def show(objective: str, configs: list[Configuration], seeds: list[int], own: in
 
 
 def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comparison) -> None:
+    from trainer.search.plan import copy_argv
     from trainer.search.results import docker_line, preset_flags, write_preset
 
     e = plan.experiment
@@ -289,13 +290,13 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
         say(f"\ntie across seeds: {', '.join(group)} cannot be told apart beyond seed noise: no best trial "
             "(more seeds narrow the intervals). Their configurations:")
         for name in group:
-            say(f"  {docker_line(ex.trial_args(e, by_name[name].params, name))}")
+            say(f"  {docker_line(copy_argv(plan, by_name[name].params, name))}")
         if best_yaml.exists():
             best_yaml.unlink()  # the search's single-seed winner is not confirmed
             say(f"removed {best_yaml}: its single-seed winner is not ahead beyond seed noise")
         return
     winner = by_name[outcome.winner]
-    argv = ex.trial_args(e, winner.params, winner.name)
+    argv = copy_argv(plan, winner.params, winner.name)
     say(f"\nconfirmed: {winner.name}'s configuration is ahead of the others beyond seed noise ({plan.objective} "
         f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): {docker_line(argv)}")
     preset = write_preset(best_yaml, preset_flags(argv, plan.overrides.get("preset")), [

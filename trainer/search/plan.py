@@ -359,6 +359,22 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     return plan.entrypoint + with_flags(argv[1:], flags)
 
 
+def copy_argv(plan: Plan, params: dict, name: str) -> list[str]:
+    """A trial's command as a line to copy (docker lines, best.yaml): the Experiment's with the user's
+    --set, which every trial ran with, and without this machine's output and cache folders."""
+    argv = ex.trial_args(plan.experiment, params, name)
+    return argv[:1] + with_flags(argv[1:], plan.overrides) if plan.overrides else argv
+
+
+def local_paths_note(plan: Plan) -> str | None:
+    """Where a --set value is a path on this machine, the docker lines carry it as it is: say so."""
+    paths = [f"--{k}={v}" for k, v in plan.overrides.items() if v and not v.startswith("builtin:") and Path(v).exists()]
+    if not paths:
+        return None
+    return (f"the lines below carry {', '.join(paths)} as every trial ran with it: a path on this machine; in a "
+            "container, mount it (docker run -v HOST_DIR:/data ...) and pass the path inside the container")
+
+
 def trial_preset(plan: Plan, argv: list[str]) -> dict:
     """The preset a trial runs with (a --set one wins over the Experiment's), where it is readable here."""
     preset = plan.overrides.get("preset") or parse_flags(argv[1:]).get("preset", "")
