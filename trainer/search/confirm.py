@@ -27,7 +27,7 @@ from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
-from trainer.flags import parse_flags
+from trainer.flags import parse_flags, whole_number
 from trainer.run import config
 
 LEVEL = 0.95
@@ -97,22 +97,12 @@ def new_seeds(search_seed: int, count: int) -> list[int]:
     return [s for s in range(1, count + 2) if s != search_seed][:count]
 
 
-def whole(value, flag: str, minimum: int) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = minimum - 1
-    if isinstance(value, bool) or number < minimum:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= {minimum}")
-    return number
-
-
 def check_options(plan, top, seeds) -> tuple[int, int]:
     """--confirm K --seeds N, refused before the search runs where they cannot work."""
     from trainer.search.plan import searched_flags, trial_command
 
-    top = whole(top, "confirm", 1)
-    seeds = whole(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
+    top = whole_number(top, "confirm")
+    seeds = whole_number(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
     if trial_command(plan) != "train":
         raise UsageError(f"--confirm: {plan.experiment.name}'s trials run `trainer {trial_command(plan)}`, "
                          "which trains nothing: seeds do not change it")

@@ -23,7 +23,7 @@ from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.flags import parse_flags, with_flags
+from trainer.flags import parse_flags, whole_number, with_flags
 from trainer.run import builtin, config
 
 SMOKE_MAX_TRIALS = 4
@@ -93,18 +93,6 @@ def refuse_rejected(experiment: ex.Experiment) -> None:
         first, more = findings.problems[0], len(findings.problems) - 1
         also = f" (and {more} more problems: run `trainer check {experiment.source}`)" if more else ""
         raise UsageError(f"{experiment.source}: {experiment.name}: {first.field}: {first.message}{also}")
-
-
-def whole_number(value, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
-    if isinstance(value, bool) or number < 1:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= 1")
-    return number
 
 
 def entrypoint(command: str) -> list[str]:
