@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.experiment import check, check_trial
+from trainer.experiment import check
 from trainer.search import brackets, hyperband, space
 from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
@@ -246,7 +246,7 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
-    return {p.name: (check_trial.sample_values(e, p) or ["0"])[0] for p in e.parameters}
+    return {p.name: (ex.sample_values(e, p) or ["0"])[0] for p in e.parameters}
 
 
 def validate_locally(plan: Plan) -> None:
@@ -374,7 +374,7 @@ def trial_preset(plan: Plan, argv: list[str]) -> dict:
 
 def trial_command(plan: Plan) -> str:
     """train, or the trainer subcommand the trials run (evaluate, for a decoding search)."""
-    return check_trial.trial_command(ex.template_argv(plan.experiment))[0]
+    return ex.trial_command(ex.template_argv(plan.experiment))[0]
 
 
 def smoke_flags(plan: Plan) -> dict[str, str]:
