@@ -17,13 +17,13 @@ from pathlib import Path
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.experiment import check, check_trial
+from trainer.experiment import check
 from trainer.search import brackets, hyperband, space
 from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.flags import parse_flags, with_flags
+from trainer.flags import parse_flags, whole_number, with_flags
 from trainer.run import builtin, config
 
 SMOKE_MAX_TRIALS = 4
@@ -93,18 +93,6 @@ def refuse_rejected(experiment: ex.Experiment) -> None:
         first, more = findings.problems[0], len(findings.problems) - 1
         also = f" (and {more} more problems: run `trainer check {experiment.source}`)" if more else ""
         raise UsageError(f"{experiment.source}: {experiment.name}: {first.field}: {first.message}{also}")
-
-
-def whole_number(value, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
-    if isinstance(value, bool) or number < 1:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= 1")
-    return number
 
 
 def entrypoint(command: str) -> list[str]:
@@ -258,7 +246,7 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
-    return {p.name: (check_trial.sample_values(e, p) or ["0"])[0] for p in e.parameters}
+    return {p.name: (ex.sample_values(e, p) or ["0"])[0] for p in e.parameters}
 
 
 def validate_locally(plan: Plan) -> None:
@@ -359,6 +347,22 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     return plan.entrypoint + with_flags(argv[1:], flags)
 
 
+def copy_argv(plan: Plan, params: dict, name: str) -> list[str]:
+    """A trial's command as a line to copy (docker lines, best.yaml): the Experiment's with the user's
+    --set, which every trial ran with, and without this machine's output and cache folders."""
+    argv = ex.trial_args(plan.experiment, params, name)
+    return argv[:1] + with_flags(argv[1:], plan.overrides) if plan.overrides else argv
+
+
+def local_paths_note(plan: Plan) -> str | None:
+    """Where a --set value is a path on this machine, the docker lines carry it as it is: say so."""
+    paths = [f"--{k}={v}" for k, v in plan.overrides.items() if v and not v.startswith("builtin:") and Path(v).exists()]
+    if not paths:
+        return None
+    return (f"the lines below carry {', '.join(paths)} as every trial ran with it: a path on this machine; in a "
+            "container, mount it (docker run -v HOST_DIR:/data ...) and pass the path inside the container")
+
+
 def trial_preset(plan: Plan, argv: list[str]) -> dict:
     """The preset a trial runs with (a --set one wins over the Experiment's), where it is readable here."""
     preset = plan.overrides.get("preset") or parse_flags(argv[1:]).get("preset", "")
@@ -370,7 +374,7 @@ def trial_preset(plan: Plan, argv: list[str]) -> dict:
 
 def trial_command(plan: Plan) -> str:
     """train, or the trainer subcommand the trials run (evaluate, for a decoding search)."""
-    return check_trial.trial_command(ex.template_argv(plan.experiment))[0]
+    return ex.trial_command(ex.template_argv(plan.experiment))[0]
 
 
 def smoke_flags(plan: Plan) -> dict[str, str]:

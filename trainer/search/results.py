@@ -299,7 +299,7 @@ def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_nam
 def show_results(plan, study, keep_models: bool) -> None:
     """The end of a local search: the table with each trial's interval, the best trial (or the tie)
     with its docker line and preset, trials.csv, plots."""
-    from trainer.search.plan import trial_command, trial_dir
+    from trainer.search.plan import copy_argv, local_paths_note, trial_command, trial_dir
     from trainer.search.study import INTERRUPTED
 
     e = plan.experiment
@@ -326,19 +326,21 @@ def show_results(plan, study, keep_models: bool) -> None:
         say(f"no trial reported {plan.objective}: no best trial")
         return
     by_name = {t.user_attrs.get("trial_name"): t for t in trials}
+    if local_paths_note(plan):
+        say(f"\n({local_paths_note(plan)})")
     if tied:
         group = [best, *tied]
         say(f"\ntie: {', '.join(r.name for r in group)} cannot be told apart ({plan.objective} "
             f"{', '.join(f'{r.objective:.4f}' for r in group)}; paired 95% intervals of the difference hold 0): "
             "no best trial. Evaluate on more examples, or train longer, to separate them:")
         for row in group:
-            say(f"  {docker_line(ex.trial_args(e, by_name[row.name].params, row.name))}")
+            say(f"  {docker_line(copy_argv(plan, by_name[row.name].params, row.name))}")
         if (plan.output_dir / "best.yaml").exists():
             (plan.output_dir / "best.yaml").unlink()  # an earlier run's winner is not this one's
         keep = [r.name for r in group]
     else:
         trial = by_name[best.name]
-        argv = ex.trial_args(e, trial.params, best.name)
+        argv = copy_argv(plan, trial.params, best.name)
         interval = f", 95% interval {format_interval(best.interval)}" if best.interval else ""
         say(f"\nbest: {best.name} ({best.state}) {plan.objective}={best.objective:.4f}{interval}: "
             f"{describe(trial.params)}")
