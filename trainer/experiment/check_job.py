@@ -1,5 +1,5 @@
 """`trainer check`'s rules for the trial Job itself: its podFailurePolicy (batch/v1, stable since
-Kubernetes 1.31), which retries preempted pods and ends the Job at once on a usage error."""
+Kubernetes 1.31), which retries preempted pods and ends the Job at once on a failure that would repeat."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ EXIT_CODE_OPERATORS = ("In", "NotIn")
 CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
-def check_pod_failure_policy(job: dict, report: Report) -> None:
-    """The Job API's podFailurePolicy rules (batch/v1, stable since Kubernetes 1.31)."""
+# With earlyStopping, Katib's metrics-collector webhook appends `|| if <early-stopped marker>; then ...; else
+# echo Training Container was Failed; exit 1; fi` to the container's command (pkg/webhook/v1beta1/pod/
+# utils.go, getEarlyStoppingCommand): the container exits 1 whatever the trainer's exit status was.
+WRAPPED_FAILURE_EXIT = 1
+
+
+def check_pod_failure_policy(job: dict, report: Report, early_stopping: bool = False) -> None:
+    """The Job API's podFailurePolicy rules (batch/v1, stable since Kubernetes 1.31); with early
+    stopping, rules on the trainer's own exit codes that Katib's wrapper makes unreachable."""
     spec = job.get("spec") if isinstance(job.get("spec"), dict) else {}
     policy = spec.get("podFailurePolicy")
     if policy is None:
@@ -38,6 +45,8 @@ def check_pod_failure_policy(job: dict, report: Report) -> None:
             report.problem(label, "needs exactly one of onExitCodes and onPodConditions")
         if "onExitCodes" in rule:
             check_on_exit_codes(rule["onExitCodes"], names, f"{label}.onExitCodes", report)
+            if early_stopping:
+                check_wrapped_exit_codes(rule["onExitCodes"], f"{label}.onExitCodes", report)
         if "onPodConditions" in rule:
             conditions = rule["onPodConditions"]
             if not isinstance(conditions, list) or not conditions:
@@ -71,3 +80,14 @@ def check_on_exit_codes(codes, names: list, label: str, report: Report) -> None:
         report.problem(f"{label}.values", "0 is not allowed with operator In (a successful exit)")
     elif values != sorted(set(values)):
         report.problem(f"{label}.values", "must be in increasing order without repeats")
+
+
+def check_wrapped_exit_codes(codes, label: str, report: Report) -> None:
+    """Under earlyStopping every failure reaches the Job as exit 1: a rule on other codes never fires."""
+    if not isinstance(codes, dict) or not isinstance(codes.get("values"), list):
+        return
+    values, operator = codes["values"], codes.get("operator")
+    if (operator == "In" and WRAPPED_FAILURE_EXIT not in values) or (operator == "NotIn" and WRAPPED_FAILURE_EXIT in values):
+        report.problem(f"{label}", f"never matches: with earlyStopping Katib's wrapper ends every failed trial with "
+                                   f"exit {WRAPPED_FAILURE_EXIT} (the trainer's own exit status is lost); use "
+                                   "operator NotIn, values [0] to end the Job on any failure")

@@ -124,7 +124,7 @@ def check_template(e: ex.Experiment, report: Report) -> bool:
         report.problem(f"{field}.trialSpec", f"{t.trial_spec.get('apiVersion')}/{t.trial_spec.get('kind')}: "
                                              "trials of this trainer are batch/v1 Jobs (one process, one GPU)")
     if job:
-        check_pod_failure_policy(t.trial_spec, report)
+        check_pod_failure_policy(t.trial_spec, report, early_stopping=e.early_stopping is not None)
     sound = check_trial_parameters(e, report)
     if t.primary_container_name and job and ex.primary_container(e) is None:
         names = ", ".join(str(c.get("name")) for c in ex.containers(e)) or "none"

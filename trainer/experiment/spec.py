@@ -400,3 +400,18 @@ def sample_values(e: Experiment, p: Parameter) -> list[str]:
         return [str(int(low)), str(int(high))] if p.parameter_type == "int" else [str(low), str(high)]
     except (ValueError, OverflowError):  # reported by check_range
         return []
+
+
+def katib_container_command(e: Experiment, argv: list[str], metrics_dir: str = "/var/log/katib") -> list[str]:
+    """The command Katib's metrics-collector webhook gives the training container under the StdOut
+    collector (pkg/webhook/v1beta1/pod/utils.go: wrapWorkerContainer, getEarlyStoppingCommand,
+    getMarkCompletedCommand), as the shell sees it once Kubernetes has turned `$$$$` into `$$`: the
+    arguments joined by spaces without quoting, all output into metrics.log, and with earlyStopping
+    every failure turned into exit 1."""
+    parts = [" ".join(argv), f"1>{metrics_dir}/metrics.log 2>&1"]
+    if e.early_stopping is not None:
+        parts += ["||", f"if test -f {metrics_dir}/$$.pid && [ $(head -n 1 {metrics_dir}/$$.pid) = early-stopped ]; "
+                        "then echo Training Container was Early Stopped; "
+                        "else echo Training Container was Failed; exit 1; fi"]
+    parts += ["&&", f"echo completed > {metrics_dir}/$$.pid"]
+    return ["sh", "-c", " ".join(parts)]

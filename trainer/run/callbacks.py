@@ -4,8 +4,10 @@ SIGTERM checkpoint, and say when early stopping ends the run."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -93,6 +95,27 @@ def announced_early_stopping(config: TrainConfig, stopped: dict):
 
     return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
 
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def sigterm_when_parent_dies() -> None:
+    """Katib's metrics collector runs the trainer as `sh -c "trainer ... 1>metrics.log 2>&1 || ..."`
+    (pkg/webhook/v1beta1/pod/utils.go, wrapWorkerContainer): the kubelet's SIGTERM at an eviction
+    reaches that shell, which ends without passing it on, and the trainer would run on to the
+    SIGKILL without its checkpoint. The kernel sends SIGTERM when the parent ends instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no libc prctl (a static or unusual runtime): as before
+        return
+    if os.getppid() != parent:  # the parent ended before the kernel was asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def watch_sigterm(sigterm: dict) -> None:

@@ -27,7 +27,7 @@ from trainer.run.files import full_disk_is_one_line
 from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, set_dropout,
                                resolve_model_path, set_decoding)
 from trainer.run.rouge import check_references
-from trainer.run.callbacks import TrainingDiverged, make_callbacks, watch_sigterm
+from trainer.run.callbacks import TrainingDiverged, make_callbacks, sigterm_when_parent_dies, watch_sigterm
 from trainer.run.evaluation import Evaluation, epoch_beams, eval_order, final_evaluation, spread, write_predictions
 from trainer.run.records import keep_records_of_checkpoint, last_checkpoint, read_records, reprint_records, write_summary
 
@@ -213,6 +213,7 @@ def prepare(config: TrainConfig):
 def run(config: TrainConfig, callbacks=()) -> None:
     """Train, evaluate every epoch, save; `callbacks` are extra TrainerCallbacks (the benchmark's probes)."""
     started = time.time()
+    sigterm_when_parent_dies()  # under Katib's `sh -c` wrapper an eviction's SIGTERM stops at the shell
     check_output_dir(config.output_dir)  # before anything heavy loads
     quiet_libraries()
     train_split, eval_split, model_path, model_config = prepare(config)
@@ -266,8 +267,11 @@ def run(config: TrainConfig, callbacks=()) -> None:
     except TrainingDiverged as error:
         fail(str(error), EXIT_DIVERGED)
     if sigterm["seen"]:
-        print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step}; checkpoint saved in "
-              f"{config.output_dir}; run the same command to resume", file=sys.stderr, flush=True)
+        # SIGTERM is an eviction or a deleted pod, Katib's early stopping, or `trainer search` stopping
+        # the trial (medianstop, asha, Ctrl-C): only the first is resumed, by a retried pod
+        print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step} (an eviction, a deleted pod, "
+              f"or early stopping); checkpoint saved in {config.output_dir}: the same command resumes "
+              "from it, as a retried pod does", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGTERM)
 
     with full_disk_is_one_line(output_dir / BEST_MODEL_DIR):

@@ -1,0 +1,125 @@
+"""The trainer under the command Katib's webhook builds for a trial pod (StdOut collector):
+`sh -c "<args joined> 1>metrics.log 2>&1 [|| <earlyStopping's check>] && echo completed > $$.pid"`.
+
+SIGTERM at an eviction reaches that shell, not the trainer; the trainer must still checkpoint, and
+the Job's podFailurePolicy must see the exit status the wrapper (not the trainer) ends with."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.experiment import spec as ex
+from trainer.flags import with_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "manifests" / "experiments"
+
+
+def experiment(name: str) -> ex.Experiment:
+    return ex.load_experiments([EXPERIMENTS / name])[0]
+
+
+def pod_command(e: ex.Experiment, tmp_path: Path, **flags: str) -> list[str]:
+    """The Experiment's own trial argv with this machine's model, data and folders, wrapped as Katib wraps it."""
+    params = {p.name: (ex.sample_values(e, p) or ["1"])[0] for p in e.parameters}
+    argv = ex.trial_args(e, params, "trial-0")
+    local = {"model_name_or_path": "builtin:tiny", "train_file": "builtin:sample", "eval_file": "builtin:sample",
+             "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "report_to": "none", **flags}
+    argv = [f"{sys.executable} -m trainer", *with_flags(argv[1:], local)]
+    (tmp_path / "katib").mkdir(exist_ok=True)
+    return ex.katib_container_command(e, argv, str(tmp_path / "katib"))
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+def running_trainers(output_dir: Path) -> list[int]:
+    """Processes whose command line names this output folder (the trainer, whoever its parent is)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(output_dir).encode() in (entry / "cmdline").read_bytes() and int(entry.name) != os.getpid():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_the_wrapper_joins_arguments_and_adds_the_early_stopping_check(tmp_path):
+    with_check = pod_command(experiment("tpe.yaml"), tmp_path)
+    without = pod_command(experiment("grid.yaml"), tmp_path)
+    assert with_check[:2] == without[:2] == ["sh", "-c"]
+    assert "exit 1; fi && echo completed >" in with_check[2] and "exit 1" not in without[2]
+    assert f"1>{tmp_path / 'katib'}/metrics.log 2>&1" in without[2]
+
+
+@pytest.mark.parametrize("name, expected", [("tpe.yaml", 1), ("grid.yaml", 2)])
+def test_a_usage_error_reaches_the_job_as_the_wrapper_ends(tmp_path, name, expected):
+    """With earlyStopping (tpe) exit 2 becomes 1; without (grid) it stays 2: the failure policy must end
+    the Job on either (it fails on any non-zero exit of the training container)."""
+    e = experiment(name)
+    result = subprocess.run(pod_command(e, tmp_path, learning_rate="-1"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == expected, result.stdout + result.stderr
+    log = (tmp_path / "katib" / "metrics.log").read_text()
+    assert "--learning_rate" in log and "trainer: error" in log
+    rules = e.trial_template.trial_spec["spec"]["podFailurePolicy"]["rules"]
+    assert job_outcome(rules, exit_code=result.returncode, disrupted=False) == "FailJob"
+    assert job_outcome(rules, exit_code=143, disrupted=True) == "Ignore"  # an evicted pod is retried
+
+
+def job_outcome(rules: list[dict], exit_code: int, disrupted: bool) -> str:
+    """Kubernetes' podFailurePolicy: the first rule that matches decides (Count when none does)."""
+    for rule in rules:
+        codes = rule.get("onExitCodes")
+        if codes is not None and codes.get("containerName") in (None, "training-container"):
+            inside = exit_code in codes["values"]
+            if inside == (codes["operator"] == "In"):
+                return rule["action"]
+        for condition in rule.get("onPodConditions") or []:
+            if condition["type"] == "DisruptionTarget" and disrupted:
+                return rule["action"]
+    return "Count"
+
+
+@pytest.mark.parametrize("name", ["tpe.yaml", "grid.yaml"])
+def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(tmp_path, name):
+    e = experiment(name)
+    command = pod_command(e, tmp_path, num_train_epochs="6", max_train_samples="96", max_eval_samples="8",
+                          epoch_eval_samples="8", num_beams="1", per_device_train_batch_size="16",
+                          early_stopping_patience="0", logging_steps="1", fp16="false")
+    log = tmp_path / "katib" / "metrics.log"
+    output = tmp_path / "out"
+    shell = subprocess.Popen(command, start_new_session=True)
+    try:
+        wait_for(lambda: log.exists() and " epoch=1 " in log.read_text(), 600, "the first evaluation")
+        shell.send_signal(signal.SIGTERM)  # the kubelet signals the container's process: the shell
+        shell.wait(timeout=60)
+        wait_for(lambda: not running_trainers(tmp_path / "out"), 300, "the trainer to end after its shell")
+    finally:
+        for pid in running_trainers(tmp_path / "out"):
+            os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text, text[-2000:]
+    checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+    assert checkpoints and (checkpoints[-1] / "trainer_state.json").is_file()
+    evaluated = text.count(" rouge_avg=")
+
+    retried = subprocess.run(command, capture_output=True, text=True, timeout=900)  # the replacement pod
+    assert retried.returncode == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"resuming from {checkpoints[-1]}" in text
+    epochs = [line.split(" epoch=")[1].split()[0] for line in text.splitlines()
+              if " rouge_avg=" in line and " final_" not in line]
+    assert epochs == ["1", "2", "3", "4", "5", "6"] and evaluated >= 1  # the whole history, each epoch once
+    assert (tmp_path / "katib").glob("*.pid") and "completed" in next((tmp_path / "katib").glob("*.pid")).read_text()
