@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from trainer.console import say
 from trainer.errors import UsageError
-from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
 from trainer.flags import parse_flags
 from trainer.run import config
@@ -275,7 +274,7 @@ def show(objective: str, configs: list[Configuration], seeds: list[int], own: in
 
 
 def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comparison) -> None:
-    from trainer.search.results import docker_line, preset_flags, write_preset
+    from trainer.search.results import docker_lines, preset_flags, ran_argv, write_preset
 
     e = plan.experiment
     by_name = {c.name: c for c in configs}
@@ -289,15 +288,16 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
         say(f"\ntie across seeds: {', '.join(group)} cannot be told apart beyond seed noise: no best trial "
             "(more seeds narrow the intervals). Their configurations:")
         for name in group:
-            say(f"  {docker_line(ex.trial_args(e, by_name[name].params, name))}")
+            for line in docker_lines(plan, ran_argv(plan, by_name[name].params, name)):
+                say(f"  {line}")
         if best_yaml.exists():
             best_yaml.unlink()  # the search's single-seed winner is not confirmed
             say(f"removed {best_yaml}: its single-seed winner is not ahead beyond seed noise")
         return
     winner = by_name[outcome.winner]
-    argv = ex.trial_args(e, winner.params, winner.name)
+    argv = ran_argv(plan, winner.params, winner.name)
     say(f"\nconfirmed: {winner.name}'s configuration is ahead of the others beyond seed noise ({plan.objective} "
-        f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): {docker_line(argv)}")
+        f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): " + "\n  ".join(docker_lines(plan, argv)))
     preset = write_preset(best_yaml, preset_flags(argv, plan.overrides.get("preset")), [
         f"configuration of trial {winner.name} of Experiment {e.name}, confirmed across seeds "
         f"{', '.join(map(str, seeds))}: {plan.objective} mean {winner.mean:.4f}, sd {winner.sd:.4f}",

@@ -20,7 +20,7 @@ from pathlib import Path
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.flags import format_value, parse_flags
+from trainer.flags import format_value, parse_flags, with_flags
 from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
 from trainer.run import config
 from trainer.run.files import atomic_write
@@ -100,10 +100,36 @@ def format_table(rows: list[TrialRow], objective_name: str, param_names: list[st
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def docker_line(argv: list[str], image: str = IMAGE) -> str:
-    """`docker run --gpus all trainer --flag=value ...` for a trial's argv (argv[0] is the image
-    entrypoint, `trainer`, so only the arguments follow the image name)."""
-    return " ".join(["docker", "run", "--gpus", "all", image, *(shlex.quote(a) for a in argv[1:])])
+def docker_line(argv: list[str], image: str = IMAGE, mounts: dict[str, str] | None = None) -> str:
+    """`docker run --gpus all [-v HOST:CONTAINER:ro ...] trainer --flag=value ...` for a trial's argv
+    (argv[0] is the image entrypoint, `trainer`, so only the arguments follow the image name)."""
+    volumes = [arg for host, inside in (mounts or {}).items() for arg in ("-v", f"{host}:{inside}:ro")]
+    return " ".join(["docker", "run", "--gpus", "all", *(shlex.quote(a) for a in [*volumes, image, *argv[1:]])])
+
+
+def ran_argv(plan, params: dict, name: str) -> list[str]:
+    """The pod's command with the user's --set applied: what a local trial ran with, but for the smoke
+    settings and this machine's cache and output folders (the Experiment's placeholders stay for those)."""
+    argv = ex.trial_args(plan.experiment, params, name)
+    shown = {flag: value for flag, value in plan.overrides.items() if flag != "cache_dir"}
+    return argv[:1] + with_flags(argv[1:], shown)
+
+
+def docker_lines(plan, argv: list[str]) -> list[str]:
+    """The docker line of a local trial's ran_argv: a --set path of this machine is bind-mounted
+    read-only at /mnt/FLAG (a container sees no host path), and a second line says so."""
+    flags = parse_flags(argv[1:])
+    inside, mounts, notes = {}, {}, []
+    for flag in plan.overrides:
+        path = Path(flags.get(flag, ""))
+        if flags.get(flag) and path.exists():
+            inside[flag] = f"/mnt/{flag}" + (f"/{path.name}" if path.is_file() else "")
+            mounts[str(path.resolve())] = inside[flag]
+            notes.append(f"{flags[flag]} at {inside[flag]}")
+    lines = [docker_line(argv[:1] + with_flags(argv[1:], inside), mounts=mounts)]
+    if notes:
+        lines.append(f"(--set paths of this machine, mounted read-only: {', '.join(notes)})")
+    return lines
 
 
 def preset_flags(argv: list[str], preset: str | None = None) -> dict:
@@ -319,7 +345,7 @@ def show_results(plan, study, keep_models: bool) -> None:
     say(f"trials: {write_trials_csv(plan.output_dir / 'trials.csv', rows, plan.objective, names)}")
     if plan.smoke:
         say("(smoke run: the trials used the built-in tiny model and sample, their epochs as the epochs column "
-            "shows; the parameter columns, docker lines and preset carry the Experiment's own values)")
+            "shows; the parameter columns, docker lines and preset carry the Experiment's own values and your --set)")
     for path in save_plots(study, plan.output_dir, constant=len({r.objective for r in rows if r.objective is not None}) == 1):
         say(f"plot: {path}")
     if best is None:
@@ -332,17 +358,18 @@ def show_results(plan, study, keep_models: bool) -> None:
             f"{', '.join(f'{r.objective:.4f}' for r in group)}; paired 95% intervals of the difference hold 0): "
             "no best trial. Evaluate on more examples, or train longer, to separate them:")
         for row in group:
-            say(f"  {docker_line(ex.trial_args(e, by_name[row.name].params, row.name))}")
+            for line in docker_lines(plan, ran_argv(plan, by_name[row.name].params, row.name)):
+                say(f"  {line}")
         if (plan.output_dir / "best.yaml").exists():
             (plan.output_dir / "best.yaml").unlink()  # an earlier run's winner is not this one's
         keep = [r.name for r in group]
     else:
         trial = by_name[best.name]
-        argv = ex.trial_args(e, trial.params, best.name)
+        argv = ran_argv(plan, trial.params, best.name)
         interval = f", 95% interval {format_interval(best.interval)}" if best.interval else ""
         say(f"\nbest: {best.name} ({best.state}) {plan.objective}={best.objective:.4f}{interval}: "
             f"{describe(trial.params)}")
-        say(f"run it on a GPU:\n  {docker_line(argv)}")
+        say("run it on a GPU:\n" + "\n".join(f"  {line}" for line in docker_lines(plan, argv)))
         use = ("trainer --preset THIS_FILE --train_file=... --eval_file=..." if trial_command(plan) == "train" else
                "trainer predict --preset THIS_FILE --model_name_or_path=... --test_file=... (or trainer evaluate)")
         preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv, plan.overrides.get("preset")), [
