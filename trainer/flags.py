@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable
 
@@ -38,6 +39,24 @@ def flag_names(argv: list[str], known: Iterable[str] = ()) -> list[str]:
         if name is not None:
             names.append(name)
     return names
+
+
+def number_flag(value: Any, flag: str, least: int = 1, seconds: bool = False) -> int | float:
+    """A command option's number: a whole number >= `least`, or with `seconds` a number of seconds
+    > 0. Anything else (a word, true, nan, 2.5 where a count is wanted) is one UsageError line
+    naming the flag and what it takes."""
+    from trainer.errors import UsageError
+
+    allowed = "a number of seconds > 0" if seconds else f"a whole number >= {least}"
+    try:
+        number = float(value) if seconds else int(str(value))
+    except (TypeError, ValueError):
+        number = None
+    fine = number is not None and not isinstance(value, bool) and (
+        math.isfinite(number) and number > 0 if seconds else number >= least)
+    if not fine:
+        raise UsageError(f"--{flag}={value!r} must be {allowed}")
+    return number
 
 
 def parse_flags(argv: list[str]) -> dict[str, str]:

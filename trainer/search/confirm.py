@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
-from trainer.flags import parse_flags
+from trainer.flags import number_flag, parse_flags
 from trainer.run import config
 
 LEVEL = 0.95
@@ -96,22 +96,12 @@ def new_seeds(search_seed: int, count: int) -> list[int]:
     return [s for s in range(1, count + 2) if s != search_seed][:count]
 
 
-def whole(value, flag: str, minimum: int) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = minimum - 1
-    if isinstance(value, bool) or number < minimum:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= {minimum}")
-    return number
-
-
 def check_options(plan, top, seeds) -> tuple[int, int]:
     """--confirm K --seeds N, refused before the search runs where they cannot work."""
     from trainer.search.plan import searched_flags, trial_command
 
-    top = whole(top, "confirm", 1)
-    seeds = whole(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
+    top = number_flag(top, "confirm")
+    seeds = number_flag(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
     if trial_command(plan) != "train":
         raise UsageError(f"--confirm: {plan.experiment.name}'s trials run `trainer {trial_command(plan)}`, "
                          "which trains nothing: seeds do not change it")

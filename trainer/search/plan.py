@@ -17,13 +17,13 @@ from pathlib import Path
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.experiment import check, check_trial
+from trainer.experiment import check
 from trainer.search import brackets, hyperband, space
 from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.flags import parse_flags, with_flags
+from trainer.flags import number_flag, parse_flags, with_flags
 from trainer.run import builtin, config
 
 SMOKE_MAX_TRIALS = 4
@@ -95,18 +95,6 @@ def refuse_rejected(experiment: ex.Experiment) -> None:
         raise UsageError(f"{experiment.source}: {experiment.name}: {first.field}: {first.message}{also}")
 
 
-def whole_number(value, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
-    if isinstance(value, bool) or number < 1:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= 1")
-    return number
-
-
 def entrypoint(command: str) -> list[str]:
     if command != "trainer":
         return [command]
@@ -125,7 +113,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
                          f"(trainer search runs: {', '.join(space.LOCAL_ALGORITHMS)})")
     notes = []
-    budget, source = whole_number(max_trials, "max_trials"), "--max_trials"
+    budget, source = None if max_trials is None else number_flag(max_trials, "max_trials"), "--max_trials"
     if budget is None:
         budget, source = e.max_trial_count, "maxTrialCount"
         if smoke:
@@ -145,7 +133,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         if budget > size:
             notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
             budget = size
-    at_once = whole_number(parallel, "parallel")
+    at_once = None if parallel is None else number_flag(parallel, "parallel")
     gpu_names, per_gpu = gpu_plan(gpus, trials_per_gpu, at_once, notes)
     if at_once is None and gpu_names:
         at_once = len(gpu_names) * per_gpu
@@ -201,7 +189,7 @@ def hyperband_stopping(e: ex.Experiment, rule: str, asked, notes: list[str]) -> 
 
 def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
     """(GPUs for the trials, trials per GPU); no GPUs: the trials run on the CPU, as they always did."""
-    per_gpu = whole_number(trials_per_gpu, "trials_per_gpu") or 1
+    per_gpu = 1 if trials_per_gpu is None else number_flag(trials_per_gpu, "trials_per_gpu")
     names = devices.parse_gpus(value)
     if names is None:
         names = devices.visible_gpus()
@@ -258,7 +246,7 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
 
 
 def sample_assignment(e: ex.Experiment) -> dict[str, str]:
-    return {p.name: (check_trial.sample_values(e, p) or ["0"])[0] for p in e.parameters}
+    return {p.name: (ex.sample_values(e, p) or ["0"])[0] for p in e.parameters}
 
 
 def validate_locally(plan: Plan) -> None:
@@ -370,7 +358,7 @@ def trial_preset(plan: Plan, argv: list[str]) -> dict:
 
 def trial_command(plan: Plan) -> str:
     """train, or the trainer subcommand the trials run (evaluate, for a decoding search)."""
-    return check_trial.trial_command(ex.template_argv(plan.experiment))[0]
+    return ex.trial_command(ex.template_argv(plan.experiment))[0]
 
 
 def smoke_flags(plan: Plan) -> dict[str, str]:
