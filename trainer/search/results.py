@@ -204,17 +204,52 @@ def remove_models(plan, keep: list[str]) -> int:
     return removed
 
 
-def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
-    """Optimization history, parameter importances and parallel coordinates as PNGs. No importance
-    plot on a constant objective: every parameter would get the same share, which reads as a result."""
+def plotted_study(study, objectives: dict[int, float]):
+    """An in-memory copy for the plots: every trial with an objective (`objectives`, by trial number:
+    early-stopped ones too, as Katib counts them) complete with it, and a categorical parameter whose
+    values are all numbers (Katib's lists are strings) given as numbers, so its axis runs 8, 16, 32."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    def number(text):  # "8" -> 8, "0.5" -> 0.5; a word raises ValueError
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+    numeric = set()
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            with contextlib.suppress(TypeError, ValueError):
+                if isinstance(dist, CategoricalDistribution) and all(number(c) is not None for c in dist.choices):
+                    numeric.add(name)
+    copy = optuna.create_study(directions=study.directions)
+    for t in study.get_trials(deepcopy=False):
+        if objectives.get(t.number) is None:
+            continue
+        params, dists = dict(t.params), dict(t.distributions)
+        for name in numeric & set(params):
+            params[name] = number(params[name])
+            dists[name] = CategoricalDistribution([number(c) for c in dists[name].choices])
+        copy.add_trial(create_trial(state=TrialState.COMPLETE, value=objectives[t.number], params=params,
+                                    distributions=dists))
+    return copy
+
+
+def save_plots(study, directory: Path, objective: str, objectives: dict[int, float],
+               constant: bool = False) -> list[Path]:
+    """Optimization history, parameter importances and parallel coordinates as PNGs, with the objective
+    named and every trial that has an objective drawn. No importance plot on a constant objective:
+    every parameter would get the same share, which reads as a result."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as plots
 
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    study = plotted_study(study, objectives)
+    complete = len(study.get_trials(deepcopy=False))
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     saved = []
     for name, draw, needed in (("optimization_history", plots.plot_optimization_history, 1),
@@ -229,15 +264,30 @@ def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = draw(study)
+                axes = draw(study, target_name=objective)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             readable(figure, name, params)
+            visible(figure)
             figure.savefig(directory / f"{name}.png", bbox_inches="tight", dpi=100)
             plt.close(figure)
             saved.append(directory / f"{name}.png")
         except Exception as error:  # a plot is a nice-to-have: the search result stands without it
             say(f"plot {name}: not drawn ({error.__class__.__name__}: {error})")
     return saved
+
+
+def visible(figure) -> None:
+    """Optuna colours the parallel-coordinate lines from white (the worst trial) to dark blue: the
+    losing trials vanish on the white page. The same colours from a mid blue on."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+
+    for axis in figure.axes:
+        for lines in axis.collections:
+            if isinstance(lines, LineCollection) and lines.get_cmap() is not None:
+                cmap = lines.get_cmap()
+                lines.set_cmap(ListedColormap(cmap(np.linspace(0.45, 1.0, 256)), name=cmap.name))
 
 
 def readable(figure, name: str, params: list[str]) -> None:
@@ -346,7 +396,8 @@ def show_results(plan, study, keep_models: bool) -> None:
     if plan.smoke:
         say("(smoke run: the trials used the built-in tiny model and sample, their epochs as the epochs column "
             "shows; the parameter columns, docker lines and preset carry the Experiment's own values and your --set)")
-    for path in save_plots(study, plan.output_dir, constant=len({r.objective for r in rows if r.objective is not None}) == 1):
+    objectives = {r.number: r.objective for r in rows if r.objective is not None and r.state in WITH_OBJECTIVE}
+    for path in save_plots(study, plan.output_dir, plan.objective, objectives, constant=len(set(objectives.values())) == 1):
         say(f"plot: {path}")
     if best is None:
         say(f"no trial reported {plan.objective}: no best trial")
