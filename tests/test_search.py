@@ -487,6 +487,10 @@ def test_wandb_trials_are_grouped_by_experiment(tmp_path, fake_trainer, monkeypa
     env = runner.trial_env(plan, argv, "fake-wandb-000")
     assert env["WANDB_RUN_GROUP"] == "fake-wandb" and env["WANDB_NAME"] == "fake-wandb-000"
     assert "--report_to=wandb" in argv
+    # A smoke run (report_to wandb by --set) gets a group of its own, apart from the real search's runs.
+    smoke = search_plan.make_plan(path, "", True, None, None, "", {"report_to": "wandb"}, str(tmp_path / "smoke"))
+    argv = search_plan.local_argv(smoke, {"learning_rate": "0.1"}, "fake-wandb-000")
+    assert runner.trial_env(smoke, argv, "fake-wandb-000")["WANDB_RUN_GROUP"] == "fake-wandb-smoke"
 
 
 # ---------------------------------------------------------------- reading metrics as Katib does

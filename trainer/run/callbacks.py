@@ -90,10 +90,35 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
                 control.should_save = False
 
     callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
+    if config.report_to == "wandb":
+        callbacks.append(wandb_records(config))
     if config.early_stopping_patience:
         callbacks.append(announced_early_stopping(config, stopped))
     return callbacks
 
+
+
+def wandb_records(config: TrainConfig):
+    """After transformers' WandbCallback has started the run: the config says warmup_ratio (the Trainer
+    takes the ratio as warmup_steps=0.1, and the run showed only that) with the steps it came to, and
+    the evaluation charts run over epochs, so trials of different batch sizes line up."""
+    from transformers import TrainerCallback
+
+    class WandbRecords(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import wandb
+
+            if wandb.run is None:
+                return
+            wandb.run.config.update({"warmup_ratio": config.warmup_ratio,
+                                     "warmup_steps": args.get_warmup_steps(state.max_steps)}, allow_val_change=True)
+            from trainer.run.train import wandb_key
+
+            wandb.define_metric("train/epoch")
+            for name in report.METRIC_NAMES:  # by name: a glob loses to transformers' "*" for some of them
+                wandb.define_metric(wandb_key(name), step_metric="train/epoch")
+
+    return WandbRecords()
 
 
 def announced_early_stopping(config: TrainConfig, stopped: dict):

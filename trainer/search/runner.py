@@ -122,7 +122,8 @@ def trial_env(plan: Plan, argv: list[str], name: str, gpu: str | None = None) ->
     if "OMP_NUM_THREADS" not in os.environ:  # parallel trials on one CPU would fight over its cores
         env["OMP_NUM_THREADS"] = str(omp_threads(plan))
     if parse_flags(argv).get("report_to") == "wandb":
-        env["WANDB_RUN_GROUP"] = plan.experiment.name
+        # a smoke run's tiny-model trials must not sit among the real search's runs
+        env["WANDB_RUN_GROUP"] = plan.experiment.name + ("-smoke" if plan.smoke else "")
         env.setdefault("WANDB_NAME", name)
         env.setdefault("WANDB_CONSOLE", "off")  # W&B must not wrap stdout: the metric lines are read there
     return env
