@@ -160,6 +160,13 @@ def test_dashboard_sees_the_objective_by_name_and_each_metric_as_a_number(tmp_pa
         expected = {"rouge1": top, "rouge2": top, "rougeL": top, "rouge_avg": top, "eval_loss": round(1 / 3, 4)}
         assert {name: trial.user_attrs[name] for name in expected} == pytest.approx(expected, abs=1e-9)
         assert all(isinstance(trial.user_attrs[name], float) for name in expected)
+        # What the dashboard lists for each trial: no process ids, no JSON string, no list of reports
+        # (the search keeps those as system attributes, where medianstop and a resumed search read them).
+        assert not {"pid", "search_pid", "search_host", "metrics", "objective_reports"} & set(trial.user_attrs)
+        assert {"pid", "search_pid", "search_host", "objective_reports"} <= set(trial.system_attrs)
+        assert [float(value) for _, value in trial.system_attrs["objective_reports"]] == pytest.approx(
+            [top - 0.02, top - 0.01, top], abs=1e-9)
+        assert trial.user_attrs["epochs_requested"] == 3.0
     assert "W&B" not in capsys.readouterr().out  # no offline runs, nothing to upload
 
 

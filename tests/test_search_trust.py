@@ -71,7 +71,7 @@ def test_the_table_shows_epochs_run_and_the_trainers_early_stop(tmp_path, fake_t
     row = next(line for line in printed.splitlines() if line.startswith("0 "))
     assert "2/5 stopped early" in row and "Succeeded" in row  # EarlyStopped stays medianstop's word
     trial = load(out, "fake-stop").trials[0]
-    assert trial.user_attrs["epochs_run"] == 2 and trial.user_attrs["epochs_requested"] == "5"
+    assert trial.user_attrs["epochs_run"] == 2 and trial.user_attrs["epochs_requested"] == 5.0
 
 
 def test_trials_csv_has_a_row_per_trial_with_interval_and_epochs(tmp_path, fake_trainer, monkeypatch, capsys):
