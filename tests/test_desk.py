@@ -94,27 +94,3 @@ def test_a_cp949_csv_is_named_with_the_way_to_convert_it(tmp_path, command):
     assert "is not UTF-8" in result.stderr and "cp949" in result.stderr
     assert f"iconv -f cp949 -t utf-8 {data}" in result.stderr and result.stderr.count("\n") == 1
 
-
-def test_lines_to_copy_carry_what_the_trials_ran_with(tmp_path):
-    """A decode search run on the user's model: the docker line and the preset name that model, not the
-    Experiment's placeholder, and say the path is this machine's."""
-    from pathlib import Path
-
-    import trainer.run
-    from trainer.search import plan as search_plan
-    from trainer.search.results import docker_line, preset_flags
-
-    model = str(Path(trainer.run.__file__).parent / "tiny")  # a real model folder on this machine
-    decode = Path(__file__).resolve().parents[1] / "manifests/experiments/decode.yaml"
-    plan = search_plan.make_plan(decode, "", False, None, None, "",
-                                 {"model_name_or_path": model, "eval_file": "builtin:sample"}, str(tmp_path))
-    params = {p.name: p.list[0] if p.list else p.min for p in plan.experiment.parameters}
-    argv = search_plan.copy_argv(plan, params, "kobart-decode-000")
-    line = docker_line(argv)
-    assert f"--model_name_or_path={model}" in line and "/output/kobart-tpe-best" not in line
-    assert preset_flags(argv)["model_name_or_path"] == model
-    note = search_plan.local_paths_note(plan)
-    assert note is not None and model in note and "mount" in note
-    assert search_plan.local_paths_note(search_plan.make_plan(
-        decode, "", False, None, None, "", {"model_name_or_path": "builtin:tiny", "eval_file": "builtin:sample"},
-        str(tmp_path / "b"))) is None

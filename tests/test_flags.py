@@ -3,7 +3,7 @@
 import pytest
 
 from trainer.errors import UsageError
-from trainer.flags import flag_name, flag_names, parse_assignments, parse_flags, with_flags
+from trainer.flags import flag_name, flag_names, number_flag, parse_assignments, parse_flags, with_flags
 from trainer.run.config import FLAGS
 
 
@@ -33,3 +33,18 @@ def test_assignments_split_on_names_not_on_every_comma():
         parse_assignments("lerning_rate=1", "--against", FLAGS)
     with pytest.raises(UsageError, match="expected name=value"):
         parse_assignments("fp16", "--set", FLAGS)
+
+
+def test_number_flag_is_the_one_check_of_counts_and_seconds():
+    assert number_flag("3", "parallel") == 3 and number_flag(0, "threads", 0) == 0
+    assert number_flag("2.5", "interval", seconds=True) == 2.5
+    for value, least, message in (("x", 1, "--max_trials='x' must be a whole number >= 1"),
+                                  (True, 1, "--max_trials=True must be a whole number >= 1"),
+                                  (1, 2, "--max_trials=1 must be a whole number >= 2"),
+                                  ("2.5", 1, "--max_trials='2.5' must be a whole number >= 1")):
+        with pytest.raises(UsageError) as error:
+            number_flag(value, "max_trials", least)
+        assert str(error.value) == message
+    for value in ("soon", 0, "-1", "nan", "inf", True, None):
+        with pytest.raises(UsageError, match="must be a number of seconds > 0"):
+            number_flag(value, "interval", seconds=True)

@@ -94,6 +94,47 @@ def test_wandb_summary_holds_the_kept_models_figures(tmp_path, monkeypatch):
     assert not [key for key in summary if key.startswith("train/final")]
 
 
+def offline_config_and_axes(run_dir: Path) -> tuple[dict, dict]:
+    """(the run's config as last updated, {metric: its x-axis}) from the run's .wandb file."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (path,) = run_dir.glob("*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(path))
+    config, axes = {}, {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            config.update({update.key: json.loads(update.value_json) for update in record.config.update})
+        elif kind == "metric" and record.metric.name:
+            axes[record.metric.name] = record.metric.step_metric
+    return config, axes
+
+
+def test_wandb_config_says_warmup_ratio_and_evaluations_run_over_epochs(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    output_dir = tmp_path / "trials" / "kobart-w-000"
+    command = [sys.executable, "-m", "trainer", "--model_name_or_path=builtin:tiny", "--train_file=builtin:sample",
+               "--eval_file=builtin:sample", "--max_train_samples=32", "--max_eval_samples=8", "--num_beams=1",
+               "--generation_max_length=16", "--num_train_epochs=2", "--per_device_train_batch_size=8",
+               "--warmup_ratio=0.3", "--report_to=wandb", f"--output_dir={output_dir}",
+               f"--cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = tmp_path.glob(results.OFFLINE_WANDB_RUNS)
+    config, axes = offline_config_and_axes(run_dir)
+    # 32 examples / batch 8 = 4 steps an epoch, 8 in all: 30% warmup is ceil(2.4) = 3 steps
+    assert config["warmup_ratio"] == 0.3 and config["warmup_steps"] == 3
+    for name in ("rouge1", "rouge2", "rougeL", "rouge_avg", "loss"):
+        assert axes[f"eval/{name}"] == "train/epoch"
+
+
 # ---------------------------------------------------------------- the study, as the dashboard and the user see it
 
 
@@ -119,6 +160,13 @@ def test_dashboard_sees_the_objective_by_name_and_each_metric_as_a_number(tmp_pa
         expected = {"rouge1": top, "rouge2": top, "rougeL": top, "rouge_avg": top, "eval_loss": round(1 / 3, 4)}
         assert {name: trial.user_attrs[name] for name in expected} == pytest.approx(expected, abs=1e-9)
         assert all(isinstance(trial.user_attrs[name], float) for name in expected)
+        # What the dashboard lists for each trial: no process ids, no JSON string, no list of reports
+        # (the search keeps those as system attributes, where medianstop and a resumed search read them).
+        assert not {"pid", "search_pid", "search_host", "metrics", "objective_reports"} & set(trial.user_attrs)
+        assert {"pid", "search_pid", "search_host", "objective_reports"} <= set(trial.system_attrs)
+        assert [float(value) for _, value in trial.system_attrs["objective_reports"]] == pytest.approx(
+            [top - 0.02, top - 0.01, top], abs=1e-9)
+        assert trial.user_attrs["epochs_requested"] == 3.0
     assert "W&B" not in capsys.readouterr().out  # no offline runs, nothing to upload
 
 

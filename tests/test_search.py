@@ -160,10 +160,11 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
     if "\ntie: " in printed:  # 16 smoke examples may not tell two trials apart: then no winner is named
         assert not (out / "best.yaml").exists() and len(dockers) == 2
         assert sorted(dockers) == sorted(results.docker_line(ex.trial_args(experiment, t.params,
-                                                                           t.user_attrs["trial_name"]))
+                                                                           t.user_attrs["trial_name"])
+                                                             + ["--max_train_samples=32"])  # the --set
                                          for t in study.trials)
         return
-    assert dockers[0] == results.docker_line(ex.trial_args(experiment, best.params, name))
+    assert dockers[0] == results.docker_line(ex.trial_args(experiment, best.params, name) + ["--max_train_samples=32"])
     assert f"--output_dir=/output/{name}" in dockers[0] and "builtin:" not in dockers[0]
     preset = config.build_config({"preset": str(out / "best.yaml"), "train_file": "builtin:sample",
                                   "eval_file": "builtin:sample"})
@@ -486,6 +487,10 @@ def test_wandb_trials_are_grouped_by_experiment(tmp_path, fake_trainer, monkeypa
     env = runner.trial_env(plan, argv, "fake-wandb-000")
     assert env["WANDB_RUN_GROUP"] == "fake-wandb" and env["WANDB_NAME"] == "fake-wandb-000"
     assert "--report_to=wandb" in argv
+    # A smoke run (report_to wandb by --set) gets a group of its own, apart from the real search's runs.
+    smoke = search_plan.make_plan(path, "", True, None, None, "", {"report_to": "wandb"}, str(tmp_path / "smoke"))
+    argv = search_plan.local_argv(smoke, {"learning_rate": "0.1"}, "fake-wandb-000")
+    assert runner.trial_env(smoke, argv, "fake-wandb-000")["WANDB_RUN_GROUP"] == "fake-wandb-smoke"
 
 
 # ---------------------------------------------------------------- reading metrics as Katib does
@@ -721,6 +726,39 @@ def test_decode_search_runs_evaluate_and_an_explicit_model_wins_over_smoke(tmp_p
     assert parse_flags(search_plan.local_argv(smoke, params, "t"))["model_name_or_path"] == "builtin:tiny"
 
 
+def test_docker_line_carries_the_set_values_the_trials_ran_with(tmp_path):
+    # A decode search on this machine's model: the line to copy must name that model (mounted into the
+    # container, and saying so), not the Experiment's placeholder /output/kobart-tpe-best/best_model.
+    model = tmp_path / "outputs" / "mydata-run" / "best_model"
+    model.mkdir(parents=True)
+    dev = tmp_path / "dev.csv"
+    dev.write_text("fname,dialogue,summary\n", encoding="utf-8")
+    plan = search_plan.make_plan(MANIFESTS / "decode.yaml", "", False, None, None, "",
+                                 {"model_name_or_path": str(model), "eval_file": str(dev),
+                                  "generation_max_length": "60"}, str(tmp_path / "out"))
+    params = search_plan.sample_assignment(plan.experiment)
+    argv = results.ran_argv(plan, params, "kobart-decode-000")
+    ran = parse_flags(search_plan.local_argv(plan, params, "kobart-decode-000"))
+    shown = parse_flags(argv)
+    for flag in ("model_name_or_path", "eval_file", "generation_max_length", "num_beams", "eval_split_part"):
+        assert shown[flag] == ran[flag]
+    assert shown["output_dir"] == "/output/kobart-decode-000"  # the container's folder, not this machine's
+    line, note = results.docker_lines(plan, argv)
+    assert "/output/kobart-tpe-best" not in line
+    assert f"-v {model}:/mnt/model_name_or_path:ro -v {dev}:/mnt/eval_file/dev.csv:ro trainer evaluate " in line
+    flags = parse_flags(line.split())
+    assert (flags["model_name_or_path"], flags["eval_file"]) == ("/mnt/model_name_or_path", "/mnt/eval_file/dev.csv")
+    assert flags["generation_max_length"] == "60"
+    assert note == (f"(--set paths of this machine, mounted read-only: {model} at /mnt/model_name_or_path, "
+                    f"{dev} at /mnt/eval_file/dev.csv)")
+    # A hub id is no path here: passed as it is, nothing mounted, no note.
+    hub = search_plan.make_plan(MANIFESTS / "decode.yaml", "", True, None, None, "",
+                                {"model_name_or_path": "gogamza/kobart-summarization"}, str(tmp_path / "hub"))
+    assert results.docker_lines(hub, results.ran_argv(hub, params, "t")) == [
+        results.docker_line(results.ran_argv(hub, params, "t"))]
+    assert "--model_name_or_path=gogamza/kobart-summarization" in results.docker_lines(hub, results.ran_argv(hub, params, "t"))[0]
+
+
 def test_smoke_decode_search_writes_a_decoding_preset(tmp_path, shared_cache, monkeypatch, capsys):
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(shared_cache))
     out = tmp_path / "out"
@@ -738,6 +776,7 @@ def test_smoke_decode_search_writes_a_decoding_preset(tmp_path, shared_cache, mo
         assert next(iter(f)).strip().endswith("rouge1,rouge2,rougeL,rouge_avg")
     docker = next(line.strip() for line in printed.splitlines() if line.strip().startswith("docker run"))
     assert docker.startswith("docker run --gpus all trainer evaluate --num_beams=")
+    assert "--generation_max_length=24" in docker  # the --set every trial ran with
     recipe = config.build_config({"preset": str(out / "best.yaml"), "model_name_or_path": "builtin:tiny"},
                                  command="predict")
     assert recipe.num_beams == int(best.params["num_beams"])

@@ -5,6 +5,7 @@ Trials are the fast fake trainer (tests/fake_trials/fake_trainer.py), real proce
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 from test_search import MANIFESTS, discrete, load, write_experiment
@@ -70,7 +71,7 @@ def test_the_table_shows_epochs_run_and_the_trainers_early_stop(tmp_path, fake_t
     row = next(line for line in printed.splitlines() if line.startswith("0 "))
     assert "2/5 stopped early" in row and "Succeeded" in row  # EarlyStopped stays medianstop's word
     trial = load(out, "fake-stop").trials[0]
-    assert trial.user_attrs["epochs_run"] == 2 and trial.user_attrs["epochs_requested"] == "5"
+    assert trial.user_attrs["epochs_run"] == 2 and trial.user_attrs["epochs_requested"] == 5.0
 
 
 def test_trials_csv_has_a_row_per_trial_with_interval_and_epochs(tmp_path, fake_trainer, monkeypatch, capsys):
@@ -182,3 +183,47 @@ def test_plots_show_parameter_names_whole():
     results.readable(figure, "parallel_coordinate", names)
     shown = [label.get_text() for label in figure.axes[0].get_xticklabels()]
     assert set(names) <= set(shown) and not any(text.endswith("...") for text in shown)
+
+
+def test_plots_name_the_objective_order_numeric_categories_and_show_every_trial(tmp_path, monkeypatch):
+    import matplotlib
+    import optuna
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    matplotlib.use("Agg")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    # Katib's lists are strings, drawn here in the order 8, 32, 16; trial 1 was stopped early with an objective.
+    batch, lr = CategoricalDistribution(["8", "32", "16"]), FloatDistribution(1e-5, 1e-4, log=True)
+    drawn = [("8", 3e-5, 0.40), ("32", 5e-5, 0.10), ("16", 2e-5, 0.30), ("32", 1e-5, 0.20)]
+    for i, (size, rate, value) in enumerate(drawn):
+        study.add_trial(create_trial(
+            state=TrialState.PRUNED if i == 1 else TrialState.COMPLETE, value=None if i == 1 else value,
+            params={"per_device_train_batch_size": size, "learning_rate": rate},
+            distributions={"per_device_train_batch_size": batch, "learning_rate": lr}))
+    figures, save = {}, Figure.savefig
+
+    def kept(figure, path, *args, **kwargs):
+        figures[Path(path).stem] = figure
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", kept)
+    objectives = {t.number: value for t, (_, _, value) in zip(study.trials, drawn)}
+    saved = results.save_plots(study, tmp_path, "rouge_avg", objectives)
+    assert [p.name for p in saved] == ["optimization_history.png", "param_importances.png", "parallel_coordinate.png"]
+    assert all(p.stat().st_size > 0 for p in saved)
+    history = figures["optimization_history"].axes[0]
+    assert history.get_ylabel() == "rouge_avg"
+    points = sorted(float(y) for c in history.collections[:1] for _, y in c.get_offsets())
+    assert points == sorted(objectives.values())  # the early-stopped trial's 0.10 too
+    axes = figures["parallel_coordinate"].axes
+    assert "rouge_avg" in [a.get_ylabel() for a in axes]  # the colour bar
+    ticks = [[t.get_text() for t in a.get_yticklabels()] for a in axes]
+    assert ["8", "16", "32"] in ticks
+    lines = next(c for a in axes for c in a.collections if isinstance(c, LineCollection))
+    assert len(lines.get_segments()) == 4
+    colours = lines.to_rgba(lines.get_array())
+    assert max(colours[:, :3].mean(axis=1)) < 0.8  # the worst trial's line is no near-white on the page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable
 
@@ -38,6 +39,24 @@ def flag_names(argv: list[str], known: Iterable[str] = ()) -> list[str]:
         if name is not None:
             names.append(name)
     return names
+
+
+def number_flag(value: Any, flag: str, least: int = 1, seconds: bool = False) -> int | float:
+    """A command option's number: a whole number >= `least`, or with `seconds` a number of seconds
+    > 0. Anything else (a word, true, nan, 2.5 where a count is wanted) is one UsageError line
+    naming the flag and what it takes."""
+    from trainer.errors import UsageError
+
+    allowed = "a number of seconds > 0" if seconds else f"a whole number >= {least}"
+    try:
+        number = float(value) if seconds else int(str(value))
+    except (TypeError, ValueError):
+        number = None
+    fine = number is not None and not isinstance(value, bool) and (
+        math.isfinite(number) and number > 0 if seconds else number >= least)
+    if not fine:
+        raise UsageError(f"--{flag}={value!r} must be {allowed}")
+    return number
 
 
 def parse_flags(argv: list[str]) -> dict[str, str]:
@@ -98,32 +117,3 @@ def parse_assignments(value, option: str, known: Iterable[str]) -> dict[str, str
             raise UsageError(f"{option} {item!r}: {unknown_flag_message(flag)}")
         flags[flag] = text.strip()
     return flags
-
-
-def whole_number(value, flag: str, minimum: int = 1) -> int | None:
-    """An option's value as a whole number >= minimum (None stays None: the option was not given),
-    or one line naming it: every command's counts (--max_trials, --seeds, --repeats, ...) read here."""
-    from trainer.errors import UsageError
-
-    if value is None:
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
-    if isinstance(value, bool) or number < minimum:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= {minimum}")
-    return number
-
-
-def positive_number(value, flag: str, what: str = "a number") -> float:
-    """An option's value as a number > 0 (an interval, a duration), or one line naming it."""
-    from trainer.errors import UsageError
-
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not number > 0:
-        raise UsageError(f"--{flag}={value!r} must be {what} > 0")
-    return number

@@ -35,7 +35,7 @@ from pathlib import Path
 from trainer.bench.data import COMPETITION, SMALL_BART, TRAIN_BATCH, TRIAL, make_data, resolve_model
 from trainer.bench.figures import draw_plot, median_figures, ratios, table, trial_phases
 from trainer.errors import UsageError
-from trainer.flags import whole_number
+from trainer.flags import number_flag
 
 # The same settings for both sides: the guide's batch sizes, lengths and beam search. A random
 # model never says </s>, so every summary would run to the cap; 64 is about where a trained
@@ -157,11 +157,11 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         plot: also draw the per-phase time of one trial to this PNG
         flags: trainer flags for both sides, comma-separated (e.g. "bf16=false": compare --against in fp32)
     """
-    train_examples = whole_number(train_examples, "train_examples")
-    train_steps = whole_number(train_steps, "train_steps")
-    eval_examples = whole_number(eval_examples, "eval_examples")
-    repeats = whole_number(repeats, "repeats")
-    threads = whole_number(threads, "threads", 0)
+    train_examples = number_flag(train_examples, "train_examples")
+    train_steps = number_flag(train_steps, "train_steps")
+    eval_examples = number_flag(eval_examples, "eval_examples")
+    repeats = number_flag(repeats, "repeats")
+    threads = number_flag(threads, "threads", 0)
     baseline_flags = parse_against(against) if against else BASELINE_FLAGS
     both = parse_against(flags, "--flags") if flags else []
     if plot and not str(plot).endswith(".png"):

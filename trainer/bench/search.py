@@ -20,6 +20,7 @@ import yaml
 
 from trainer.console import say
 from trainer.errors import UsageError
+from trainer.flags import number_flag
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID_YAML = ROOT / "manifests" / "experiments" / "grid.yaml"
@@ -146,8 +147,7 @@ def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool 
         quick: a 3x2x2 grid instead of 5x2x2, and at most 2 seeds
         plot: PNG of the best rouge_avg reached per trial-epochs spent, every run (default: none)
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise UsageError(f"--seeds={seeds!r} must be a whole number >= 1")
+    seeds = number_flag(seeds, "seeds")
     if not str(output).endswith(".json"):
         raise UsageError(f"--output={output!r}: give a .json path")
     if plot and not str(plot).endswith(".png"):

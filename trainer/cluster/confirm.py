@@ -16,11 +16,10 @@ from trainer.cluster import katib, kube
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import SUCCEEDED
-from trainer.flags import parse_flags, with_flags
+from trainer.flags import number_flag, parse_flags, with_flags
 from trainer.run import config
 from trainer.search import narrow
 from trainer.search.results import docker_line, preset_flags, write_preset
-from trainer.flags import whole_number
 from trainer.search.confirm import STUDY_SUFFIX, Configuration, compare, new_seeds, show
 
 ANNOTATION = "trainer.search/confirms-trial"  # on each generated Experiment: the search trial it reruns
@@ -39,7 +38,7 @@ def confirm_experiments(document: dict, rows: list, source: str, top=3, seeds=3)
     in the trial command, a grid over `seed` (the other seeds), no early stopping and no goal (every seed
     runs to the end). Returns the documents and a header comment."""
     e = ex.parse_experiment(document, source)
-    top, count = whole_number(top, "top"), whole_number(seeds, "seeds", 2)
+    top, count = number_flag(top, "top"), number_flag(seeds, "seeds", 2)
     own = search_seed(e, source)
     seed_list = new_seeds(own, count)
     picked, seen = [], set()

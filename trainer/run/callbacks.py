@@ -21,6 +21,30 @@ class TrainingDiverged(Exception):
     """A non-finite loss or metric: the trial must fail, never report nan."""
 
 
+def settle_output(trainer) -> None:
+    """transformers' own output goes: PrinterCallback prints a dict of every log (LossLine and
+    MetricLine replace it). On a terminal its ProgressCallback gives way to one bar without the dict
+    echo or a second bar per evaluation; report.emit writes the lines above that bar."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:  # there on a terminal only (disable_tqdm)
+        trainer.add_callback(one_bar())
+
+
+def one_bar():
+    from transformers import ProgressCallback
+
+    class OneBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # LossLine prints the loss; the dict would be a second copy
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            pass  # the evaluation's own bar would push the metric line around
+
+    return OneBar()
+
+
 def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evaluation: Evaluation, stopped: dict):
     from transformers import TrainerCallback
 
@@ -68,10 +92,35 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
                 control.should_save = False
 
     callbacks = [MetricLine(), LossLine(), NoEvaluationOnSigterm()]
+    if config.report_to == "wandb":
+        callbacks.append(wandb_records(config))
     if config.early_stopping_patience:
         callbacks.append(announced_early_stopping(config, stopped))
     return callbacks
 
+
+
+def wandb_records(config: TrainConfig):
+    """After transformers' WandbCallback has started the run: the config says warmup_ratio (the Trainer
+    takes the ratio as warmup_steps=0.1, and the run showed only that) with the steps it came to, and
+    the evaluation charts run over epochs, so trials of different batch sizes line up."""
+    from transformers import TrainerCallback
+
+    class WandbRecords(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import wandb
+
+            if wandb.run is None:
+                return
+            wandb.run.config.update({"warmup_ratio": config.warmup_ratio,
+                                     "warmup_steps": args.get_warmup_steps(state.max_steps)}, allow_val_change=True)
+            from trainer.run.train import wandb_key
+
+            wandb.define_metric("train/epoch")
+            for name in report.METRIC_NAMES:  # by name: a glob loses to transformers' "*" for some of them
+                wandb.define_metric(wandb_key(name), step_metric="train/epoch")
+
+    return WandbRecords()
 
 
 def announced_early_stopping(config: TrainConfig, stopped: dict):
@@ -90,8 +139,8 @@ def announced_early_stopping(config: TrainConfig, stopped: dict):
                 reason = (f"{report.OBJECTIVE} has not improved on {best:.4f} for {self.early_stopping_patience} "
                           "evaluations")
                 stopped.update(epoch=epoch, of=config.num_train_epochs, reason=reason)
-                print(f"trainer: early stopping after epoch {epoch:g} of {config.num_train_epochs:g}: {reason} "
-                      "(--early_stopping_patience 0 trains every epoch)", file=sys.stderr, flush=True)
+                report.emit(f"trainer: early stopping after epoch {epoch:g} of {config.num_train_epochs:g}: {reason} "
+                            "(--early_stopping_patience 0 trains every epoch)", sys.stderr)
 
     return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
 

@@ -52,10 +52,17 @@ def format_metric_line(metrics: dict[str, float], epoch: float | None, now: date
     return " ".join([utc_timestamp(now), *pairs])
 
 
-def emit(line: str) -> None:
-    """Print on a fresh line and flush, so no progress output can glue itself to it."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def emit(line: str, stream=None) -> None:
+    """Print on a fresh line and flush, so no progress output can glue itself to it. On a terminal
+    the line goes above the progress bar (tqdm clears the bar, writes, draws it again), whole."""
+    stream = stream or sys.stdout
+    if stream.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=stream)
+    else:
+        stream.write(line + "\n")
+    stream.flush()
 
 
 def parse_timestamp(token: str) -> datetime | None:

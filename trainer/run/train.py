@@ -27,7 +27,7 @@ from trainer.run.files import full_disk_is_one_line
 from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, set_dropout,
                                resolve_model_path, set_decoding)
 from trainer.run.rouge import check_references
-from trainer.run.callbacks import TrainingDiverged, make_callbacks, sigterm_when_parent_dies, watch_sigterm
+from trainer.run.callbacks import TrainingDiverged, make_callbacks, settle_output, sigterm_when_parent_dies, watch_sigterm
 from trainer.run.evaluation import Evaluation, epoch_beams, eval_order, final_evaluation, spread, write_predictions
 from trainer.run.records import keep_records_of_checkpoint, last_checkpoint, read_records, reprint_records, write_summary
 
@@ -41,11 +41,16 @@ def quiet_libraries() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_warning()
-    if not sys.stdout.isatty():
-        logging.disable_progress_bar()
-        import datasets
+    # One bar at most, the training bar on a terminal: no loading, saving ("Writing model shards") or
+    # dataset-caching bars, which off a terminal glue themselves to the metric lines.
+    logging.disable_progress_bar()
+    import datasets
 
-        datasets.disable_progress_bars()
+    datasets.disable_progress_bars()
+    if sys.stdout.isatty():
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()  # a checkpoint's first download takes minutes: show it
 
 
 def resolve_precision(config: TrainConfig) -> tuple[bool, bool]:
@@ -173,6 +178,16 @@ def trainer_class():
                                  reduction="sum") / num_items_in_batch
             return (loss, outputs) if return_outputs else loss
 
+        def _issue_warnings_after_load(self, load_result):
+            # safetensors stores a tied tensor once, so reloading the best checkpoint "misses" the tied
+            # embeddings (the same tensor as model.shared, already loaded): transformers 5 warned so in
+            # every run. Other missing or unexpected keys are still reported.
+            tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+            if load_result.missing_keys and set(load_result.missing_keys) <= tied:
+                self.model.tie_weights()
+                load_result = load_result._replace(missing_keys=[])
+            super()._issue_warnings_after_load(load_result)
+
         def _get_train_sampler(self, train_dataset=None):
             # transformers drops the `length` column before it builds this sampler, then measures
             # every example again: use the lengths stored with the tokens instead.
@@ -220,7 +235,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     if config.report_to == "wandb":
         setup_wandb(config)
 
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed
 
     tokenizer = load_tokenizer(model_path, find_tags(train_split, eval_split), config.revision)
     train_dataset, train_cached = tokenized(train_split, tokenizer, config)
@@ -259,7 +274,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
         compute_metrics=evaluation,
         callbacks=[*make_callbacks(config, metrics_path, sigterm, evaluation, stopped), *callbacks],
     )
-    trainer.remove_callback(PrinterCallback)  # it prints {'loss': ...} dicts; LossLine replaces it
+    settle_output(trainer)
     watch_sigterm(sigterm)
     try:
         with full_disk_is_one_line(config.output_dir):

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 
 from trainer.console import say
 from trainer.errors import UsageError
-from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
-from trainer.flags import parse_flags, whole_number
+from trainer.flags import number_flag, parse_flags
 from trainer.run import config
 
 LEVEL = 0.95
@@ -101,8 +100,8 @@ def check_options(plan, top, seeds) -> tuple[int, int]:
     """--confirm K --seeds N, refused before the search runs where they cannot work."""
     from trainer.search.plan import searched_flags, trial_command
 
-    top = whole_number(top, "confirm")
-    seeds = whole_number(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
+    top = number_flag(top, "confirm")
+    seeds = number_flag(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
     if trial_command(plan) != "train":
         raise UsageError(f"--confirm: {plan.experiment.name}'s trials run `trainer {trial_command(plan)}`, "
                          "which trains nothing: seeds do not change it")
@@ -265,8 +264,7 @@ def show(objective: str, configs: list[Configuration], seeds: list[int], own: in
 
 
 def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comparison) -> None:
-    from trainer.search.plan import copy_argv
-    from trainer.search.results import docker_line, preset_flags, write_preset
+    from trainer.search.results import docker_lines, preset_flags, ran_argv, write_preset
 
     e = plan.experiment
     by_name = {c.name: c for c in configs}
@@ -280,15 +278,16 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
         say(f"\ntie across seeds: {', '.join(group)} cannot be told apart beyond seed noise: no best trial "
             "(more seeds narrow the intervals). Their configurations:")
         for name in group:
-            say(f"  {docker_line(copy_argv(plan, by_name[name].params, name))}")
+            for line in docker_lines(plan, ran_argv(plan, by_name[name].params, name)):
+                say(f"  {line}")
         if best_yaml.exists():
             best_yaml.unlink()  # the search's single-seed winner is not confirmed
             say(f"removed {best_yaml}: its single-seed winner is not ahead beyond seed noise")
         return
     winner = by_name[outcome.winner]
-    argv = copy_argv(plan, winner.params, winner.name)
+    argv = ran_argv(plan, winner.params, winner.name)
     say(f"\nconfirmed: {winner.name}'s configuration is ahead of the others beyond seed noise ({plan.objective} "
-        f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): {docker_line(argv)}")
+        f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): " + "\n  ".join(docker_lines(plan, argv)))
     preset = write_preset(best_yaml, preset_flags(argv, plan.overrides.get("preset")), [
         f"configuration of trial {winner.name} of Experiment {e.name}, confirmed across seeds "
         f"{', '.join(map(str, seeds))}: {plan.objective} mean {winner.mean:.4f}, sd {winner.sd:.4f}",

@@ -23,7 +23,7 @@ from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.flags import parse_flags, whole_number, with_flags
+from trainer.flags import number_flag, parse_flags, with_flags
 from trainer.run import builtin, config
 
 SMOKE_MAX_TRIALS = 4
@@ -113,7 +113,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
                          f"(trainer search runs: {', '.join(space.LOCAL_ALGORITHMS)})")
     notes = []
-    budget, source = whole_number(max_trials, "max_trials"), "--max_trials"
+    budget, source = None if max_trials is None else number_flag(max_trials, "max_trials"), "--max_trials"
     if budget is None:
         budget, source = e.max_trial_count, "maxTrialCount"
         if smoke:
@@ -133,7 +133,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         if budget > size:
             notes.append(f"the grid has {size} points: {budget} trials capped at {size}")
             budget = size
-    at_once = whole_number(parallel, "parallel")
+    at_once = None if parallel is None else number_flag(parallel, "parallel")
     gpu_names, per_gpu = gpu_plan(gpus, trials_per_gpu, at_once, notes)
     if at_once is None and gpu_names:
         at_once = len(gpu_names) * per_gpu
@@ -189,7 +189,7 @@ def hyperband_stopping(e: ex.Experiment, rule: str, asked, notes: list[str]) -> 
 
 def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
     """(GPUs for the trials, trials per GPU); no GPUs: the trials run on the CPU, as they always did."""
-    per_gpu = whole_number(trials_per_gpu, "trials_per_gpu") or 1
+    per_gpu = 1 if trials_per_gpu is None else number_flag(trials_per_gpu, "trials_per_gpu")
     names = devices.parse_gpus(value)
     if names is None:
         names = devices.visible_gpus()
@@ -345,22 +345,6 @@ def local_argv(plan: Plan, params: dict, name: str) -> list[str]:
     flags.update(plan.overrides)  # after the smoke flags: an explicit --set model or data wins
     flags["output_dir"] = str(trial_dir(plan, name))
     return plan.entrypoint + with_flags(argv[1:], flags)
-
-
-def copy_argv(plan: Plan, params: dict, name: str) -> list[str]:
-    """A trial's command as a line to copy (docker lines, best.yaml): the Experiment's with the user's
-    --set, which every trial ran with, and without this machine's output and cache folders."""
-    argv = ex.trial_args(plan.experiment, params, name)
-    return argv[:1] + with_flags(argv[1:], plan.overrides) if plan.overrides else argv
-
-
-def local_paths_note(plan: Plan) -> str | None:
-    """Where a --set value is a path on this machine, the docker lines carry it as it is: say so."""
-    paths = [f"--{k}={v}" for k, v in plan.overrides.items() if v and not v.startswith("builtin:") and Path(v).exists()]
-    if not paths:
-        return None
-    return (f"the lines below carry {', '.join(paths)} as every trial ran with it: a path on this machine; in a "
-            "container, mount it (docker run -v HOST_DIR:/data ...) and pass the path inside the container")
 
 
 def trial_preset(plan: Plan, argv: list[str]) -> dict:

@@ -65,7 +65,7 @@ def stop_note(pruner, trial, values: list[float], maximize: bool) -> str:
 
 def reported_values(trial: FrozenTrial) -> list[float]:
     """The trial's objective reports as numbers, in the order Katib's database returns them."""
-    reports = trial.user_attrs.get(REPORTS_ATTR)
+    reports = trial.system_attrs.get(REPORTS_ATTR)  # study.record keeps them out of the dashboard's view
     if reports is None:
         return [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
     values = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.flags import format_value, parse_flags
+from trainer.flags import format_value, parse_flags, with_flags
 from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
 from trainer.run import config
 from trainer.run.files import atomic_write
@@ -100,10 +100,36 @@ def format_table(rows: list[TrialRow], objective_name: str, param_names: list[st
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def docker_line(argv: list[str], image: str = IMAGE) -> str:
-    """`docker run --gpus all trainer --flag=value ...` for a trial's argv (argv[0] is the image
-    entrypoint, `trainer`, so only the arguments follow the image name)."""
-    return " ".join(["docker", "run", "--gpus", "all", image, *(shlex.quote(a) for a in argv[1:])])
+def docker_line(argv: list[str], image: str = IMAGE, mounts: dict[str, str] | None = None) -> str:
+    """`docker run --gpus all [-v HOST:CONTAINER:ro ...] trainer --flag=value ...` for a trial's argv
+    (argv[0] is the image entrypoint, `trainer`, so only the arguments follow the image name)."""
+    volumes = [arg for host, inside in (mounts or {}).items() for arg in ("-v", f"{host}:{inside}:ro")]
+    return " ".join(["docker", "run", "--gpus", "all", *(shlex.quote(a) for a in [*volumes, image, *argv[1:]])])
+
+
+def ran_argv(plan, params: dict, name: str) -> list[str]:
+    """The pod's command with the user's --set applied: what a local trial ran with, but for the smoke
+    settings and this machine's cache and output folders (the Experiment's placeholders stay for those)."""
+    argv = ex.trial_args(plan.experiment, params, name)
+    shown = {flag: value for flag, value in plan.overrides.items() if flag != "cache_dir"}
+    return argv[:1] + with_flags(argv[1:], shown)
+
+
+def docker_lines(plan, argv: list[str]) -> list[str]:
+    """The docker line of a local trial's ran_argv: a --set path of this machine is bind-mounted
+    read-only at /mnt/FLAG (a container sees no host path), and a second line says so."""
+    flags = parse_flags(argv[1:])
+    inside, mounts, notes = {}, {}, []
+    for flag in plan.overrides:
+        path = Path(flags.get(flag, ""))
+        if flags.get(flag) and path.exists():
+            inside[flag] = f"/mnt/{flag}" + (f"/{path.name}" if path.is_file() else "")
+            mounts[str(path.resolve())] = inside[flag]
+            notes.append(f"{flags[flag]} at {inside[flag]}")
+    lines = [docker_line(argv[:1] + with_flags(argv[1:], inside), mounts=mounts)]
+    if notes:
+        lines.append(f"(--set paths of this machine, mounted read-only: {', '.join(notes)})")
+    return lines
 
 
 def preset_flags(argv: list[str], preset: str | None = None) -> dict:
@@ -178,17 +204,52 @@ def remove_models(plan, keep: list[str]) -> int:
     return removed
 
 
-def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
-    """Optimization history, parameter importances and parallel coordinates as PNGs. No importance
-    plot on a constant objective: every parameter would get the same share, which reads as a result."""
+def plotted_study(study, objectives: dict[int, float]):
+    """An in-memory copy for the plots: every trial with an objective (`objectives`, by trial number:
+    early-stopped ones too, as Katib counts them) complete with it, and a categorical parameter whose
+    values are all numbers (Katib's lists are strings) given as numbers, so its axis runs 8, 16, 32."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    def number(text):  # "8" -> 8, "0.5" -> 0.5; a word raises ValueError
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+    numeric = set()
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            with contextlib.suppress(TypeError, ValueError):
+                if isinstance(dist, CategoricalDistribution) and all(number(c) is not None for c in dist.choices):
+                    numeric.add(name)
+    copy = optuna.create_study(directions=study.directions)
+    for t in study.get_trials(deepcopy=False):
+        if objectives.get(t.number) is None:
+            continue
+        params, dists = dict(t.params), dict(t.distributions)
+        for name in numeric & set(params):
+            params[name] = number(params[name])
+            dists[name] = CategoricalDistribution([number(c) for c in dists[name].choices])
+        copy.add_trial(create_trial(state=TrialState.COMPLETE, value=objectives[t.number], params=params,
+                                    distributions=dists))
+    return copy
+
+
+def save_plots(study, directory: Path, objective: str, objectives: dict[int, float],
+               constant: bool = False) -> list[Path]:
+    """Optimization history, parameter importances and parallel coordinates as PNGs, with the objective
+    named and every trial that has an objective drawn. No importance plot on a constant objective:
+    every parameter would get the same share, which reads as a result."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as plots
 
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    study = plotted_study(study, objectives)
+    complete = len(study.get_trials(deepcopy=False))
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     saved = []
     for name, draw, needed in (("optimization_history", plots.plot_optimization_history, 1),
@@ -203,15 +264,30 @@ def save_plots(study, directory: Path, constant: bool = False) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = draw(study)
+                axes = draw(study, target_name=objective)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             readable(figure, name, params)
+            visible(figure)
             figure.savefig(directory / f"{name}.png", bbox_inches="tight", dpi=100)
             plt.close(figure)
             saved.append(directory / f"{name}.png")
         except Exception as error:  # a plot is a nice-to-have: the search result stands without it
             say(f"plot {name}: not drawn ({error.__class__.__name__}: {error})")
     return saved
+
+
+def visible(figure) -> None:
+    """Optuna colours the parallel-coordinate lines from white (the worst trial) to dark blue: the
+    losing trials vanish on the white page. The same colours from a mid blue on."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+
+    for axis in figure.axes:
+        for lines in axis.collections:
+            if isinstance(lines, LineCollection) and lines.get_cmap() is not None:
+                cmap = lines.get_cmap()
+                lines.set_cmap(ListedColormap(cmap(np.linspace(0.45, 1.0, 256)), name=cmap.name))
 
 
 def readable(figure, name: str, params: list[str]) -> None:
@@ -299,7 +375,7 @@ def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_nam
 def show_results(plan, study, keep_models: bool) -> None:
     """The end of a local search: the table with each trial's interval, the best trial (or the tie)
     with its docker line and preset, trials.csv, plots."""
-    from trainer.search.plan import copy_argv, local_paths_note, trial_command, trial_dir
+    from trainer.search.plan import trial_command, trial_dir
     from trainer.search.study import INTERRUPTED
 
     e = plan.experiment
@@ -319,32 +395,32 @@ def show_results(plan, study, keep_models: bool) -> None:
     say(f"trials: {write_trials_csv(plan.output_dir / 'trials.csv', rows, plan.objective, names)}")
     if plan.smoke:
         say("(smoke run: the trials used the built-in tiny model and sample, their epochs as the epochs column "
-            "shows; the parameter columns, docker lines and preset carry the Experiment's own values)")
-    for path in save_plots(study, plan.output_dir, constant=len({r.objective for r in rows if r.objective is not None}) == 1):
+            "shows; the parameter columns, docker lines and preset carry the Experiment's own values and your --set)")
+    objectives = {r.number: r.objective for r in rows if r.objective is not None and r.state in WITH_OBJECTIVE}
+    for path in save_plots(study, plan.output_dir, plan.objective, objectives, constant=len(set(objectives.values())) == 1):
         say(f"plot: {path}")
     if best is None:
         say(f"no trial reported {plan.objective}: no best trial")
         return
     by_name = {t.user_attrs.get("trial_name"): t for t in trials}
-    if local_paths_note(plan):
-        say(f"\n({local_paths_note(plan)})")
     if tied:
         group = [best, *tied]
         say(f"\ntie: {', '.join(r.name for r in group)} cannot be told apart ({plan.objective} "
             f"{', '.join(f'{r.objective:.4f}' for r in group)}; paired 95% intervals of the difference hold 0): "
             "no best trial. Evaluate on more examples, or train longer, to separate them:")
         for row in group:
-            say(f"  {docker_line(copy_argv(plan, by_name[row.name].params, row.name))}")
+            for line in docker_lines(plan, ran_argv(plan, by_name[row.name].params, row.name)):
+                say(f"  {line}")
         if (plan.output_dir / "best.yaml").exists():
             (plan.output_dir / "best.yaml").unlink()  # an earlier run's winner is not this one's
         keep = [r.name for r in group]
     else:
         trial = by_name[best.name]
-        argv = copy_argv(plan, trial.params, best.name)
+        argv = ran_argv(plan, trial.params, best.name)
         interval = f", 95% interval {format_interval(best.interval)}" if best.interval else ""
         say(f"\nbest: {best.name} ({best.state}) {plan.objective}={best.objective:.4f}{interval}: "
             f"{describe(trial.params)}")
-        say(f"run it on a GPU:\n  {docker_line(argv)}")
+        say("run it on a GPU:\n" + "\n".join(f"  {line}" for line in docker_lines(plan, argv)))
         use = ("trainer --preset THIS_FILE --train_file=... --eval_file=..." if trial_command(plan) == "train" else
                "trainer predict --preset THIS_FILE --model_name_or_path=... --test_file=... (or trainer evaluate)")
         preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv, plan.overrides.get("preset")), [

@@ -30,8 +30,8 @@ from trainer.errors import UsageError
 from trainer.search import pruner as median
 from trainer.search import brackets, results, space
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
-from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
-                                      to_number)
+from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, set_hidden,
+                                      strategy_value, to_number)
 from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags
 from trainer.run import report
@@ -68,7 +68,7 @@ def pid_alive(pid: int) -> bool:
 
 def kill_orphan(trial: FrozenTrial) -> None:
     """The trial process of a search that died without stopping it (kill -9, a crash)."""
-    pid, name = trial.user_attrs.get("pid"), trial.user_attrs.get("trial_name", "")
+    pid, name = trial.system_attrs.get("pid"), trial.user_attrs.get("trial_name", "")
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, TypeError):
@@ -122,7 +122,8 @@ def trial_env(plan: Plan, argv: list[str], name: str, gpu: str | None = None) ->
     if "OMP_NUM_THREADS" not in os.environ:  # parallel trials on one CPU would fight over its cores
         env["OMP_NUM_THREADS"] = str(omp_threads(plan))
     if parse_flags(argv).get("report_to") == "wandb":
-        env["WANDB_RUN_GROUP"] = plan.experiment.name
+        # a smoke run's tiny-model trials must not sit among the real search's runs
+        env["WANDB_RUN_GROUP"] = plan.experiment.name + ("-smoke" if plan.smoke else "")
         env.setdefault("WANDB_NAME", name)
         env.setdefault("WANDB_CONSOLE", "off")  # W&B must not wrap stdout: the metric lines are read there
     return env
@@ -146,12 +147,14 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
     folder.mkdir(parents=True, exist_ok=True)
-    attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid(),
-             "epochs_requested": parse_flags(argv).get("num_train_epochs")}  # what this trial runs, smoke or not
+    epochs = parse_flags(argv).get("num_train_epochs")  # what this trial runs, smoke or not
+    attrs = {"trial_name": name, "epochs_requested": None if epochs is None else float(epochs)}
     if gpu is not None:
         attrs["gpu"] = gpu
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+    for key, value in {"search_host": socket.gethostname(), "search_pid": os.getpid()}.items():
+        set_hidden(study, trial, key, value)  # recover() reads them; nobody sorts by them
     rerun = trial.user_attrs.get("rerun_of")
     again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
     where = f" on GPU {gpu}" if gpu is not None else ""
@@ -163,7 +166,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
         record(study, trial, FAILED, f"cannot start {argv[0]}: {error.strerror or error}", None, {}, [])
         say(f"[{name}] {FAILED}: cannot start {argv[0]}: {error.strerror or error}")
         return None
-    trial.set_user_attr("pid", process.pid)
+    set_hidden(study, trial, "pid", process.pid)
     threading.Thread(target=read_output, args=(process, folder / "trial.log", trial.number, events),
                      daemon=True).start()
     return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu)
@@ -286,10 +289,10 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     gets one rerun with the same hyperparameters, queued before new suggestions."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("search_host") != host:
-            warn(f"trial {trial.number} is running on {trial.user_attrs.get('search_host')}; left alone", who="trainer search")
+        if trial.system_attrs.get("search_host") != host:
+            warn(f"trial {trial.number} is running on {trial.system_attrs.get('search_host')}; left alone", who="trainer search")
             continue
-        pid = trial.user_attrs.get("search_pid")
+        pid = trial.system_attrs.get("search_pid")
         if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
             raise UsageError(f"another trainer search (pid {pid}) is running study {plan.experiment.name} in "
                              f"{plan.storage}; wait for it, or use another --output_dir")

@@ -208,14 +208,20 @@ def strategy_value(reports: list, strategy: str) -> str | None:
     return ordered[-1][1]
 
 
+def set_hidden(study: optuna.Study, trial, key: str, value) -> None:
+    """Stored with the trial but not among the user attributes that optuna-dashboard lists in every
+    trial's view: what the search itself reads back (process ids, the objective's reports)."""
+    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
 def record(study: optuna.Study, trial: optuna.Trial, state: str, message: str, objective: float | None,
            metrics: dict, objective_reports: list) -> None:
-    # Each metric also as a number of its own, which optuna-dashboard can sort and plot by.
+    # Each metric as a number of its own, which optuna-dashboard can sort and plot by.
     numbers = {name: to_number(text) for name, text in metrics.items() if text is not None}
     numbers = {name: number for name, number in numbers.items() if number is not None}
-    for key, value in {**numbers, "katib_state": state, "message": message, "objective": objective, "metrics": metrics,
-                       median.REPORTS_ATTR: objective_reports}.items():
+    for key, value in {**numbers, "katib_state": state, "message": message, "objective": objective}.items():
         trial.set_user_attr(key, value)
+    set_hidden(study, trial, median.REPORTS_ATTR, objective_reports)  # a list: a row several lines tall
     if state == SUCCEEDED:
         study.tell(trial, objective)
     else:
