@@ -28,11 +28,11 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.search import pruner as median
-from trainer.search import results
+from trainer.search import results, workers
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
 from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
                                       to_number)
-from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, METRICS_UNAVAILABLE, SUCCEEDED
+from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, FINISHED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags
 from trainer.run import report
 
@@ -54,6 +54,7 @@ class Running:
     kill_at: float | None = None
     exited_at: float | None = None
     gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None on the CPU
+    heartbeat: object = None  # Optuna's heartbeat thread for a shared study (workers.heartbeat)
 
 
 def pid_alive(pid: int) -> bool:
@@ -140,13 +141,20 @@ def read_output(process: subprocess.Popen, log_path: Path, number: int, events: 
 
 def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gpu: str | None = None) -> Running | None:
     rule = pruner.rule(study) if pruner else None  # Katib fixes the rule when it creates the trial
-    trial = study.ask(plan.distributions)
+    with workers.study_lock(plan):  # other workers wait: the count and the new trial are one step
+        workers.fail_stale(study)  # a dead worker's trial: failed and queued again (workers.requeue)
+        if workers.is_server(plan.storage) and reserved(study) >= plan.max_trials:
+            return None
+        trial = study.ask(plan.distributions)
+    beat = workers.heartbeat(study, trial)
     # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
     name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
+    fresh = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid(),
+             "trial_dir": str(folder),
              "epochs_requested": parse_flags(argv).get("num_train_epochs")}  # what this trial runs, smoke or not
     if rule is not None:
         attrs[median.RULE_ATTR] = rule
@@ -156,19 +164,28 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
         trial.set_user_attr(key, value)
     rerun = trial.user_attrs.get("rerun_of")
     again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
+    if trial.user_attrs.get("stale_host"):
+        again = (f" (rerun of trial {rerun}, whose worker on {trial.user_attrs['stale_host']} stopped beating; "
+                 + ("from scratch: its folder is not on this disk)" if fresh else "in its folder)"))
     where = f" on GPU {gpu}" if gpu is not None else ""
     say(f"[{name}] started{where}: {results.describe(trial.params)}{again}")
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=trial_env(plan, argv, name, gpu), start_new_session=True)
     except OSError as error:
+        beat.join()
         record(study, trial, FAILED, f"cannot start {argv[0]}: {error.strerror or error}", None, {}, [])
         say(f"[{name}] {FAILED}: cannot start {argv[0]}: {error.strerror or error}")
         return None
     trial.set_user_attr("pid", process.pid)
     threading.Thread(target=read_output, args=(process, folder / "trial.log", trial.number, events),
                      daemon=True).start()
-    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu)
+    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu, heartbeat=beat)
+
+
+def reserved(study: optuna.Study) -> int:
+    """Trials that hold the budget: finished in Katib's sense, or running on any worker."""
+    return sum(t.state == TrialState.RUNNING or katib_state(t) in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -226,6 +243,8 @@ def finish(plan: Plan, study: optuna.Study, run: Running, code: int) -> None:
         state, message = SUCCEEDED, ""
     ordered = [[ts.isoformat() if ts else "", value] for ts, value in katib_order(reports)]
     note_epochs(plan, run)  # before record(): a told trial takes no more attributes
+    if run.heartbeat is not None:
+        run.heartbeat.join()
     record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
     took = results.format_duration(time.time() - run.started)
     value = f"{plan.objective}={text} ({strategy} of {len(reports)} evaluations)" if objective is not None else ""
@@ -287,14 +306,19 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     """Trials left Running by a search that is gone become Interrupted; every Interrupted trial
     gets one rerun with the same hyperparameters, queued before new suggestions."""
     host = socket.gethostname()
+    shared = workers.is_server(plan.storage)  # other workers' running trials: their heartbeat tells
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get("search_host") != host:
+            if shared:
+                continue
             warn(f"trial {trial.number} is running on {trial.user_attrs.get('search_host')}; left alone", who="trainer search")
             continue
         pid = trial.user_attrs.get("search_pid")
         if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+            if shared:
+                continue
             raise UsageError(f"another trainer search (pid {pid}) is running study {plan.experiment.name} in "
-                             f"{plan.storage}; wait for it, or use another --output_dir")
+                             f"{workers.shown(plan.storage)}; wait for it, or use another --output_dir")
         kill_orphan(trial)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     trials = study.get_trials(deepcopy=False)
