@@ -100,15 +100,24 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     recorded = study.user_attrs.get(DEFINITION_ATTR)
     if recorded is None:
         study.set_user_attr(DEFINITION_ATTR, plan.definition)
-    elif recorded != plan.definition:
+    elif comparable(recorded) != comparable(plan.definition):
         raise UsageError(f"study {plan.experiment.name} in {workers.shown(plan.storage)}: {what_changed(recorded, plan.definition)}; "
                          "its trials cannot mix with this run's: start a new study with another --output_dir "
                          "(or --storage), or rerun as before")
     return study
 
 
+def comparable(definition: dict) -> dict:
+    """The definition without the data files' paths in --set: their content (sha256) decides, so each
+    machine of a shared study may keep its copy of the data at its own path."""
+    data = definition.get("data") or {}
+    overrides = {k: v for k, v in (definition.get("overrides") or {}).items() if k not in data}
+    return {**definition, "overrides": overrides}
+
+
 def what_changed(recorded: dict, now: dict) -> str:
     """The first difference between the study's definition and this run's, in words."""
+    recorded, now = comparable(recorded), comparable(now)
     if recorded.get("smoke") != now.get("smoke"):
         return f"it was run {'with' if recorded.get('smoke') else 'without'} --smoke"
     if recorded.get("experiment") != now.get("experiment"):
