@@ -117,3 +117,25 @@ def test_a_killed_workers_trial_is_run_again_by_another(tmp_path, fake_trainer, 
     assert f"rerun of trial {lost.number}, whose worker on " in stdout and "from scratch" in stdout
     record = (tmp_path / "lives" / "trials" / lost.user_attrs["trial_name"] / "run.json").read_text()
     assert '"trained_epochs": [1, 2, 3, 4]' in record  # all of its epochs, here: nothing resumed
+
+
+@pytest.mark.parametrize("url, says", [
+    ("postgresql+pg8000://search:s3cret@127.0.0.1:1/search", "its database driver is not installed: pip install '.[postgres]'"),
+    ("postgresql://search:s3cret@127.0.0.1:1/search", "--storage postgresql://search:***@127.0.0.1:1/search: "),
+])
+def test_a_server_url_that_cannot_open_is_one_line_without_its_password(tmp_path, fake_trainer, url, says):
+    path = write_experiment(tmp_path, "fake-url", "random", [learning_rate()], max_trials=1)
+    result = subprocess.run([*TRAINER, "search", str(path), f"--storage={url}", f"--output_dir={tmp_path / 'out'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert url.replace("s3cret", "***") in result.stdout  # the plan shows it masked
+
+
+def test_urls():
+    assert workers.driver_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert workers.driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert workers.shown("postgresql://u:p@ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert workers.shown("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert not workers.is_server("sqlite:///x/study.db") and workers.is_server("postgresql://h/db")

@@ -47,7 +47,7 @@ def driver_url(url: str) -> str:
 
 def shown(url: str) -> str:
     """The URL as printed: its password masked."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)  # to the last @ before the path
 
 
 def heartbeat_s() -> int:
