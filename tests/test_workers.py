@@ -139,3 +139,31 @@ def test_urls():
     assert workers.shown("postgresql://u:p@ss@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert workers.shown("postgresql://u@h/db") == "postgresql://u@h/db"
     assert not workers.is_server("sqlite:///x/study.db") and workers.is_server("postgresql://h/db")
+
+
+def test_a_trial_another_worker_failed_as_stale_stops_here_without_a_traceback(tmp_path, fake_trainer, postgres_url,
+                                                                              monkeypatch):
+    # A live worker whose heartbeat came late (a long pause): another one failed its trial and queued it.
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "1")
+    path = write_experiment(tmp_path, "fake-late", "random", [learning_rate()], max_trials=2,
+                            fixed=["--num_train_epochs=4"])
+    worker = start(path, postgres_url, tmp_path / "out")
+    try:
+        deadline, running = time.time() + 120, []
+        while not running and time.time() < deadline:
+            time.sleep(0.2)
+            try:
+                running = [t for t in load(postgres_url, "fake-late").trials
+                           if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+            except KeyError:
+                pass
+        storage = optuna.storages.RDBStorage(workers.driver_url(postgres_url))
+        storage.set_trial_state_values(running[0]._trial_id, state=TrialState.FAIL)
+        stdout, stderr = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "another worker found its heartbeat stale" in stdout
+    states = [search_study.katib_state(t) for t in load(postgres_url, "fake-late").trials]
+    assert states == [search_study.INTERRUPTED, "Succeeded", "Succeeded"]

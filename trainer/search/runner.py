@@ -211,7 +211,13 @@ def handle_line(plan: Plan, run: Running, text: str) -> None:
         number = to_number(value)
         if metric != plan.objective or number is None:
             continue
-        run.trial.report(number, run.steps)
+        try:
+            run.trial.report(number, run.steps)
+        except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat was late: another worker reruns it
+            if not run.stop:
+                say(f"[{run.name}] another worker found its heartbeat stale and runs it again: stopped here")
+                terminate(run, INTERRUPTED)
+            return
         run.steps += 1
         say(f"[{run.name}] evaluation {run.steps}: {metric}={value}")
         if not run.stop and run.trial.should_prune():
@@ -242,10 +248,14 @@ def finish(plan: Plan, study: optuna.Study, run: Running, code: int) -> None:
     else:
         state, message = SUCCEEDED, ""
     ordered = [[ts.isoformat() if ts else "", value] for ts, value in katib_order(reports)]
-    note_epochs(plan, run)  # before record(): a told trial takes no more attributes
     if run.heartbeat is not None:
         run.heartbeat.join()
-    record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
+    try:
+        note_epochs(plan, run)  # before record(): a told trial takes no more attributes
+        record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile, and queued again
+        say(f"[{run.name}] {state}, not recorded: another worker found its heartbeat stale and runs it again")
+        return
     took = results.format_duration(time.time() - run.started)
     value = f"{plan.objective}={text} ({strategy} of {len(reports)} evaluations)" if objective is not None else ""
     say(f"[{run.name}] {state}" + "".join(f": {part}" for part in (value, message) if part) + f" in {took}")
