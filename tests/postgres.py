@@ -18,6 +18,13 @@ from pathlib import Path
 
 import pytest
 
+_stop_commands: dict[str, list[str]] = {}  # URL -> the command that stops its server
+
+
+def stop_server(url: str) -> None:
+    """Stops the server at once (as a crash or a restart would, to the clients)."""
+    subprocess.run(_stop_commands[url], check=True, capture_output=True)
+
 
 def server_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
@@ -66,7 +73,9 @@ def postgres_server(database: str = "search"):
         raise RuntimeError(f"PostgreSQL did not start: {error.stderr or error.stdout}{log}") from None
     try:
         run(binaries / "createdb", "-h", "127.0.0.1", "-p", port, "-U", user, database)
-        yield f"postgresql://{user}@127.0.0.1:{port}/{database}"
+        url = f"postgresql://{user}@127.0.0.1:{port}/{database}"
+        _stop_commands[url] = [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+        yield url
     finally:
         subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        capture_output=True)

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from postgres import postgres_server
+from postgres import postgres_server, stop_server
 from test_search import fake_trainer, write_experiment  # noqa: F401 (fake_trainer is a fixture)
 from trainer.search import study as search_study
 from trainer.search import workers
@@ -47,7 +47,7 @@ def test_two_workers_share_one_budget(tmp_path, fake_trainer, postgres_url, monk
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
-        assert "Traceback" not in stderr, stderr
+        assert "Traceback" not in stderr and "Warning" not in stderr, stderr
         assert "parallelTrialCount (1) is per worker" in stdout and "not bit-reproducible" in stdout
 
     trials = load(postgres_url, "fake-shared").trials
@@ -141,6 +141,38 @@ def test_urls():
     assert not workers.is_server("sqlite:///x/study.db") and workers.is_server("postgresql://h/db")
 
 
+def running_trials(url, name, deadline_s=120):
+    """The study's running trials once there is one (a trial process started)."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            running = [t for t in load(url, name).trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+        except KeyError:  # no such study yet
+            continue
+        if running:
+            return running
+    raise AssertionError(f"no trial of {name} started")
+
+
+def test_a_database_that_goes_away_ends_the_search_in_one_line(tmp_path, fake_trainer, postgres_url, monkeypatch):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "1")
+    path = write_experiment(tmp_path, "fake-gone", "random", [learning_rate()], max_trials=2,
+                            fixed=["--num_train_epochs=4"])
+    worker = start(path, postgres_url, tmp_path / "out")
+    try:
+        running_trials(postgres_url, "fake-gone")
+        stop_server(postgres_url)
+        stdout, stderr = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 1, stderr
+    errors = stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("trainer search: error: the database stopped answering ("), stderr
+    assert "the same command resumes once it is back" in errors[0]
+
+
 def test_a_trial_another_worker_failed_as_stale_stops_here_without_a_traceback(tmp_path, fake_trainer, postgres_url,
                                                                               monkeypatch):
     # A live worker whose heartbeat came late (a long pause): another one failed its trial and queued it.
@@ -149,14 +181,7 @@ def test_a_trial_another_worker_failed_as_stale_stops_here_without_a_traceback(t
                             fixed=["--num_train_epochs=4"])
     worker = start(path, postgres_url, tmp_path / "out")
     try:
-        deadline, running = time.time() + 120, []
-        while not running and time.time() < deadline:
-            time.sleep(0.2)
-            try:
-                running = [t for t in load(postgres_url, "fake-late").trials
-                           if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
-            except KeyError:
-                pass
+        running = running_trials(postgres_url, "fake-late")
         storage = optuna.storages.RDBStorage(workers.driver_url(postgres_url))
         storage.set_trial_state_values(running[0]._trial_id, state=TrialState.FAIL)
         stdout, stderr = worker.communicate(timeout=300)

@@ -19,7 +19,7 @@ import sys
 import optuna
 
 from trainer.console import say
-from trainer.errors import UsageError
+from trainer.errors import UsageError, first_line
 from trainer.search import gpus as devices
 from trainer.search import confirm as confirming
 from trainer.search import narrow as narrowing
@@ -90,6 +90,14 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             say(f"interrupted: {len(counted(study))} finished trials are kept in {workers.shown(plan.storage)}; "
                 f"the same command resumes ({left} of {plan.max_trials} trials left)")
             raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
+        except Exception as error:
+            cause = workers.database_error(error)
+            if cause is None:
+                raise
+            print(f"trainer search: error: the database stopped answering ({workers.shown(first_line(cause))}); "
+                  f"the trials it recorded are kept in {workers.shown(plan.storage)}: the same command resumes "
+                  "once it is back", file=sys.stderr)
+            raise SystemExit(1) from None
         say(stop_message(plan, study, reason))
         results.show_results(plan, study, bool(keep_models))
         if narrow:

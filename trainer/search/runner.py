@@ -146,7 +146,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
         if workers.is_server(plan.storage) and reserved(study) >= plan.max_trials:
             return None
         trial = study.ask(plan.distributions)
-    beat = workers.heartbeat(study, trial)
+    beat = workers.Heartbeat(study, trial)
     # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
     name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)

@@ -85,6 +85,8 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     check_study_file(plan.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # runner.start_trial beats for each trial itself (workers.Heartbeat), as Study.optimize would.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     direction = "maximize" if plan.maximize else "minimize"
     try:

@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import socket
+import threading
 
 import optuna
 
@@ -85,6 +86,16 @@ def storage(url: str):
     return _opened[url]
 
 
+def database_error(error: BaseException) -> BaseException | None:
+    """The database's own error (SQLAlchemy's or the driver's) behind `error`, else None. Optuna wraps
+    it in StorageInternalError, whose words ("invalid data in the commit") would mislead."""
+    while error is not None:
+        if type(error).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "psycopg2"):
+            return error
+        error = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else None
+    return None
+
+
 def lock_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
@@ -126,13 +137,32 @@ def study_lock(plan):
         yield
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial):
-    """A started thread that beats for the trial until join(); a no-op for SQLite."""
-    from optuna.storages._heartbeat import get_heartbeat_thread  # optuna.study._optimize uses it so
+class Heartbeat:
+    """Beats for a running trial until join(), as Optuna's HeartbeatThread (optuna.study._optimize), but
+    a beat the database misses (a restart, a dropped connection) is retried at the next one instead of
+    ending the thread with a traceback; a daemon thread, so it never holds the search at exit."""
 
-    thread = get_heartbeat_thread(trial._trial_id, study._storage)
-    thread.start()
-    return thread
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        from optuna.storages._heartbeat import is_heartbeat_enabled  # as optuna.study._optimize uses it
+
+        self.stop = threading.Event()
+        storage = study._storage
+        interval = storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
+        self.thread = threading.Thread(target=self.beat, args=(storage, trial._trial_id, interval), daemon=True)
+        if interval:
+            self.thread.start()
+
+    def beat(self, storage, trial_id: int, interval: int) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+            if self.stop.wait(interval):
+                return
+
+    def join(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def fail_stale(study: optuna.Study) -> None:
