@@ -54,7 +54,7 @@ class Running:
     kill_at: float | None = None
     exited_at: float | None = None
     gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None on the CPU
-    heartbeat: object = None  # Optuna's heartbeat thread for a shared study (workers.heartbeat)
+    heartbeat: object = None  # workers.Heartbeat: beats for the trial in a shared study
 
 
 def pid_alive(pid: int) -> bool:
