@@ -15,9 +15,11 @@ import difflib
 import importlib
 import inspect
 import io
+import os
 import re
 import sys
 
+from trainer import DISTRIBUTION, install_hint
 from trainer.console import fail
 from trainer.errors import UsageError
 from trainer.flags import flag_names
@@ -41,10 +43,13 @@ SUBCOMMANDS = {
 }
 # The pyproject extra that brings each subcommand's own packages (the image carries only a trial's).
 EXTRAS = {"search": "search", "bench search": "search"}  # katib: cluster/kube.py says it where it connects
-HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator", "completion"}
+HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator"}
+# Launchers' variables: torchrun/accelerate/deepspeed start one process per rank, each printing every metric line.
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
 def train_command(**flags):
+    refuse_distributed_launch()
     from trainer.run.config import build_config
 
     config = build_config(flags)
@@ -57,6 +62,34 @@ train_command.__signature__ = command_signature("train")
 train_command.__doc__ = help_text()
 
 
+def refuse_distributed_launch(environ=None) -> None:
+    """One process per trial: Katib's early stopping signals that one process, and its collector
+    (and medianstop) would count each rank's metric lines as more evaluations."""
+    environ = os.environ if environ is None else environ
+    for name in LAUNCHER_VARIABLES:
+        if environ.get(name, "1").strip() not in ("", "1"):
+            raise UsageError(f"{name}={environ[name]}: a distributed launch (torchrun, accelerate launch) is not "
+                             "supported: a trial is one process on one GPU (Katib's early stopping signals one "
+                             "process, and every rank would print each metric line); run `trainer` directly")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def completion_script() -> str:
+    """A bash completion of the subcommands and the training flags: eval "$(trainer --completion)"."""
+    words = sorted({key.split()[0] for key in SUBCOMMANDS} | {f"--{n}" for n in COMMAND_FLAGS["train"]}
+                   | {"--help", "--version", "--completion"})
+    return 'complete -o default -W "' + " ".join(words) + '" trainer\n'
+
+
 def load(target: str, command: str = ""):
     module, _, attribute = target.partition(":")
     try:
@@ -65,7 +98,7 @@ def load(target: str, command: str = ""):
         if command not in EXTRAS or (error.name or "").startswith("trainer"):
             raise
         raise UsageError(f"`trainer {command}` needs the {error.name} package: "
-                         f"pip install 'trainer[{EXTRAS[command]}]'") from None
+                         + install_hint(EXTRAS[command])) from None
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -145,7 +178,14 @@ def command_list() -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if {"-h", "--help"} & set(argv[:3]) or (argv and argv[0] == "katib" and len(argv) == 1):
+        if argv in (["--version"], ["-V"]):
+            print(f"trainer {version()} ({DISTRIBUTION})")
+        elif argv == ["--completion"]:
+            print(completion_script(), end="")
+        elif not argv:  # a 20-epoch run on data/train.csv is never what a bare `trainer` means
+            show_help(["--help"])
+            raise SystemExit(2)
+        elif {"-h", "--help"} & set(argv[:3]) or (argv and argv[0] == "katib" and len(argv) == 1):
             show_help(argv)
         else:
             dispatch(argv)

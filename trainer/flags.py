@@ -98,3 +98,32 @@ def parse_assignments(value, option: str, known: Iterable[str]) -> dict[str, str
             raise UsageError(f"{option} {item!r}: {unknown_flag_message(flag)}")
         flags[flag] = text.strip()
     return flags
+
+
+def whole_number(value, flag: str, minimum: int = 1) -> int | None:
+    """An option's value as a whole number >= minimum (None stays None: the option was not given),
+    or one line naming it: every command's counts (--max_trials, --seeds, --repeats, ...) read here."""
+    from trainer.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise UsageError(f"--{flag}={value!r} is not a whole number") from None
+    if isinstance(value, bool) or number < minimum:
+        raise UsageError(f"--{flag}={value!r} must be a whole number >= {minimum}")
+    return number
+
+
+def positive_number(value, flag: str, what: str = "a number") -> float:
+    """An option's value as a number > 0 (an interval, a duration), or one line naming it."""
+    from trainer.errors import UsageError
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number > 0:
+        raise UsageError(f"--{flag}={value!r} must be {what} > 0")
+    return number

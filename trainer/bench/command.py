@@ -35,6 +35,7 @@ from pathlib import Path
 from trainer.bench.data import COMPETITION, SMALL_BART, TRAIN_BATCH, TRIAL, make_data, resolve_model
 from trainer.bench.figures import draw_plot, median_figures, ratios, table, trial_phases
 from trainer.errors import UsageError
+from trainer.flags import whole_number
 
 # The same settings for both sides: the guide's batch sizes, lengths and beam search. A random
 # model never says </s>, so every summary would run to the cap; 64 is about where a trained
@@ -125,16 +126,6 @@ def check_flags(flags: list[str]) -> None:
     build_config(parse_flags(flags))
 
 
-def whole(name: str, value, least: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name}={value!r} is not a whole number") from None
-    if number < least or isinstance(value, bool):
-        raise UsageError(f"--{name}={value!r} must be a whole number >= {least}")
-    return number
-
-
 def device_flags() -> tuple[str, list[str]]:
     """The accelerator's name, and the precision ours uses on it (bf16 where CUDA has it)."""
     import torch
@@ -166,11 +157,11 @@ def bench(output: str = "bench.json", model: str = "", train_examples: int = COM
         plot: also draw the per-phase time of one trial to this PNG
         flags: trainer flags for both sides, comma-separated (e.g. "bf16=false": compare --against in fp32)
     """
-    train_examples = whole("train_examples", train_examples, 1)
-    train_steps = whole("train_steps", train_steps, 1)
-    eval_examples = whole("eval_examples", eval_examples, 1)
-    repeats = whole("repeats", repeats, 1)
-    threads = whole("threads", threads, 0)
+    train_examples = whole_number(train_examples, "train_examples")
+    train_steps = whole_number(train_steps, "train_steps")
+    eval_examples = whole_number(eval_examples, "eval_examples")
+    repeats = whole_number(repeats, "repeats")
+    threads = whole_number(threads, "threads", 0)
     baseline_flags = parse_against(against) if against else BASELINE_FLAGS
     both = parse_against(flags, "--flags") if flags else []
     if plot and not str(plot).endswith(".png"):

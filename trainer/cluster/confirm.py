@@ -20,7 +20,8 @@ from trainer.flags import parse_flags, with_flags
 from trainer.run import config
 from trainer.search import narrow
 from trainer.search.results import docker_line, preset_flags, write_preset
-from trainer.search.confirm import STUDY_SUFFIX, Configuration, compare, new_seeds, show, whole
+from trainer.flags import whole_number
+from trainer.search.confirm import STUDY_SUFFIX, Configuration, compare, new_seeds, show
 
 ANNOTATION = "trainer.search/confirms-trial"  # on each generated Experiment: the search trial it reruns
 
@@ -38,7 +39,7 @@ def confirm_experiments(document: dict, rows: list, source: str, top=3, seeds=3)
     in the trial command, a grid over `seed` (the other seeds), no early stopping and no goal (every seed
     runs to the end). Returns the documents and a header comment."""
     e = ex.parse_experiment(document, source)
-    top, count = whole(top, "top", 1), whole(seeds, "seeds", 2)
+    top, count = whole_number(top, "top"), whole_number(seeds, "seeds", 2)
     own = search_seed(e, source)
     seed_list = new_seeds(own, count)
     picked, seen = [], set()

@@ -26,7 +26,7 @@ from trainer.experiment import vocabulary as vocab
 from trainer.cluster import kube
 from trainer.console import print_error
 from trainer.errors import UsageError
-from trainer.flags import parse_flags
+from trainer.flags import parse_flags, positive_number
 from trainer.run.config import PRESETS
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -60,7 +60,7 @@ class Katib:
     def status(self, experiment, namespace=None, watch=False, interval=30.0, context=None):
         """Conditions, trials by state and the current optimal trial; --watch polls every --interval
         seconds until the Experiment ends. Exit status 1 when the Experiment has failed."""
-        status(str(experiment), namespace=namespace, watch=watch, interval=seconds(interval), context=context)
+        status(str(experiment), namespace=namespace, watch=watch, interval=positive_number(interval, "interval", "a number of seconds"), context=context)
 
     def trials(self, experiment, namespace=None, context=None):
         """A table of the Experiment's trials: state, parameters, objective, duration."""
@@ -88,16 +88,6 @@ class Katib:
             confirm.compare_served(str(experiment), namespace=namespace, output=output, context=context)
         else:
             confirm.write(str(experiment), namespace=namespace, output=output, top=top, seeds=seeds, context=context)
-
-
-def seconds(value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not number > 0:
-        raise UsageError(f"--interval={value!r} must be a number of seconds > 0")
-    return number
 
 
 # ---------------------------------------------------------------- submit

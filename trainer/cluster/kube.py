@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import install_hint
 from trainer.errors import UsageError
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -61,7 +62,7 @@ def require_cluster_packages() -> None:
         except ModuleNotFoundError:  # the parent package (kubeflow) is missing
             found = False
         if not found:
-            raise UsageError(f"`trainer katib` needs the {package} package: pip install 'trainer[cluster]'")
+            raise UsageError(f"`trainer katib` needs the {package} package: {install_hint('cluster')}")
 
 
 def kubeconfig_paths() -> list[Path]:

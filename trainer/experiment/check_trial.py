@@ -13,7 +13,7 @@ from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.check_job import check_pod_failure_policy
 from trainer.experiment.findings import Report
-from trainer.flags import flag_name, format_value, parse_flags
+from trainer.flags import flag_name, parse_flags
 from trainer.run.config import COMMAND_FLAGS, PRESETS, build_config, unknown_flag_message
 from trainer.run.report import (FILTER_TIMEOUT_S, FINAL_METRIC_NAMES, METRIC_NAMES, filter_matches,
                                 format_metric_line, parse_line)
@@ -26,8 +26,6 @@ FULL_GRID_CHECK_LIMIT = 512
 PROBE_CHARACTERS = "a1 =-._|e+:#"
 PROBE_LENGTH = 4096
 # Katib joins command and args with spaces into `sh -c` without quoting.
-# Trainer subcommands a trial may run instead of training (the decode Experiment's evaluate).
-TRIAL_COMMANDS = ("evaluate",)
 SHELL_UNSAFE = re.compile(r"[\s;&|<>`'\"\\*?()\[\]$]")
 
 
@@ -212,16 +210,8 @@ def check_trial_command(e: ex.Experiment, report: Report) -> None:
         report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
                                            "(command: [trainer]; a launcher defeats early stopping)")
         return
-    command, args = trial_command(argv)
+    command, args = ex.trial_command(argv)
     check_values(e, check_arguments(args, f"{field}.args", report, command), report)
-
-
-def trial_command(argv: list[str]) -> tuple[str, list[str]]:
-    """(trainer command, its arguments) of a trial argv: `trainer evaluate --...` is a decoding
-    trial, checked against evaluate's flags; `trainer --...` is training."""
-    if len(argv) > 1 and argv[1] in TRIAL_COMMANDS:
-        return argv[1], argv[2:]
-    return "train", argv[1:]
 
 
 def check_arguments(args: list[str], field: str, report: Report, command: str = "train") -> dict[str, str]:
@@ -259,14 +249,14 @@ def check_values(e: ex.Experiment, flag_args: dict[str, str], report: Report) ->
         if not used:
             static.append(name)
     # Any value does for parameters whose flags are not being checked; "0" when none is usable.
-    base = {p.name: (sample_values(e, p) or ["0"])[0] for p in e.parameters}
+    base = {p.name: (ex.sample_values(e, p) or ["0"])[0] for p in e.parameters}
     field = "spec.trialTemplate.trialSpec.args"
     static_error = trainer_error(e, base, static)
     if static_error:
         report.problem(field, f"rejected by the trainer: {static_error}")
     seen = set()
     for p in e.parameters:
-        for value in sample_values(e, p):
+        for value in ex.sample_values(e, p):
             flags = ([] if static_error else static) + by_param.get(p.name, [])
             message = trainer_error(e, {**base, p.name: value}, flags)
             if message and message not in seen:
@@ -292,29 +282,13 @@ def check_pairs(e: ex.Experiment, base: dict[str, str], static: list[str], by_pa
     for i, p in enumerate(e.parameters):
         for q in e.parameters[i + 1:]:
             flags = static + by_param.get(p.name, []) + by_param.get(q.name, [])
-            for a in sample_values(e, p):
-                for b in sample_values(e, q):
+            for a in ex.sample_values(e, p):
+                for b in ex.sample_values(e, q):
                     message = trainer_error(e, {**base, p.name: a, q.name: b}, flags)
                     if message and message not in seen:
                         seen.add(message)
                         report.problem("spec.parameters", f"{p.name}={a} with {q.name}={b} is rejected by the "
                                                           f"trainer: {message}")
-
-
-def sample_values(e: ex.Experiment, p: ex.Parameter) -> list[str]:
-    """Values a trial may receive: the list, the grid axis, or the bounds as Katib formats them."""
-    if p.parameter_type in ("categorical", "discrete"):
-        return [format_value(v) for v in (p.list or [])]
-    if e.algorithm and e.algorithm.name == "grid":
-        try:
-            return katib_grid.grid_axis(p)
-        except UsageError:
-            return []
-    try:
-        low, high = float(str(p.min)), float(str(p.max))
-        return [str(int(low)), str(int(high))] if p.parameter_type == "int" else [str(low), str(high)]
-    except (ValueError, OverflowError):  # reported by check_range
-        return []
 
 
 def safe_grid(e: ex.Experiment) -> list[dict[str, str]]:
@@ -328,7 +302,7 @@ def trainer_error(e: ex.Experiment, assignment: dict[str, str], names: list[str]
     """What the trainer says about the named flags of this assignment's trial argv (None: accepted)."""
     try:
         argv = ex.trial_args(e, assignment, f"{e.name or 'trial'}-check")
-        command, args = trial_command(argv)
+        command, args = ex.trial_command(argv)
         # A preset file is read inside the trial pod (the outputs volume): not here.
         build_config({k: v for k, v in parse_flags(args).items()
                       if k in names and (k != "preset" or v in PRESETS)}, command=command)

@@ -370,3 +370,33 @@ def active_deadline_s(experiment: Experiment) -> float | None:
     spec = _mapping(_mapping(experiment.trial_template.trial_spec if experiment.trial_template else None).get("spec"))
     deadline = spec.get("activeDeadlineSeconds")
     return float(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and deadline > 0 else None
+
+
+# Trainer subcommands a trial may run instead of training (the decode Experiment's evaluate).
+TRIAL_COMMANDS = ("evaluate",)
+
+
+def trial_command(argv: list[str]) -> tuple[str, list[str]]:
+    """(trainer command, its arguments) of a trial argv: `trainer evaluate --...` is a decoding
+    trial, checked against evaluate's flags; `trainer --...` is training."""
+    if len(argv) > 1 and argv[1] in TRIAL_COMMANDS:
+        return argv[1], argv[2:]
+    return "train", argv[1:]
+
+
+def sample_values(e: Experiment, p: Parameter) -> list[str]:
+    """Values a trial may receive: the list, the grid axis, or the bounds as Katib formats them."""
+    from trainer.experiment import grid as katib_grid  # grid reads this module's types
+
+    if p.parameter_type in ("categorical", "discrete"):
+        return [format_value(v) for v in (p.list or [])]
+    if e.algorithm and e.algorithm.name == "grid":
+        try:
+            return katib_grid.grid_axis(p)
+        except UsageError:
+            return []
+    try:
+        low, high = float(str(p.min)), float(str(p.max))
+        return [str(int(low)), str(int(high))] if p.parameter_type == "int" else [str(low), str(high)]
+    except (ValueError, OverflowError):  # reported by check_range
+        return []

@@ -149,6 +149,10 @@ def closest_flag(name: str, names=FLAGS) -> str | None:
 
 # Old spellings: each answers with one line naming its new name.
 RENAMED = {"eval_max_samples": "epoch_eval_samples"}
+# Hugging Face's names (run_summarization.py, TrainingArguments habits) for flags spelled otherwise here.
+HF_NAMES = {"max_source_length": "encoder_max_len", "max_target_length": "decoder_max_len",
+            "val_max_target_length": "generation_max_length", "lr": "learning_rate",
+            "num_epochs": "num_train_epochs", "epochs": "num_train_epochs"}
 
 
 def unknown_flag_message(name: str, command: str = "train") -> str:
@@ -157,6 +161,8 @@ def unknown_flag_message(name: str, command: str = "train") -> str:
         return f"--{name} is now --{RENAMED[name]} ({FLAGS[RENAMED[name]].metadata['help'].split(' and ')[0]})"
     accepted = COMMAND_FLAGS[command]
     program = "trainer" if command == "train" else f"trainer {command}"
+    if HF_NAMES.get(name) in accepted:
+        return f"unknown flag --{name}; did you mean --{HF_NAMES[name]}? (Hugging Face's name for it)"
     if name in FLAGS:
         owners = ["training" if c == "train" else f"trainer {c}" for c, names in COMMAND_FLAGS.items() if name in names]
         return f"{program} does not take --{name} (a flag of {' and '.join(owners)}); `{program} --help` lists its flags"

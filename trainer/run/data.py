@@ -56,9 +56,22 @@ def read_table(path: Path, flag: str):
             return pd.read_csv(path, dtype=str, keep_default_na=False)
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=suffix == ".jsonl", dtype=False).fillna("").astype(str)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--{flag}: {str(path)!r} is not UTF-8 ({not_utf8_reason(path, error)}); convert it: "
+                         f"iconv -f cp949 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}") from None
+    except (OSError, ValueError) as error:
         raise UsageError(f"--{flag}: cannot read {str(path)!r}: {first_line(error)}") from None
     raise UsageError(f"--{flag}: {str(path)!r} is not .csv, .jsonl or .json (or use --dataset)")
+
+
+def not_utf8_reason(path: Path, error: UnicodeDecodeError) -> str:
+    """What the bytes look like: Korean Windows (cp949, a superset of EUC-KR) saves CSVs that way.
+    Not read as such: a file that decodes as cp949 may still be another encoding."""
+    try:
+        path.read_bytes().decode("cp949")
+    except (OSError, UnicodeDecodeError):
+        return f"byte {error.object[error.start]:#x} at position {error.start}"
+    return "it decodes as cp949/EUC-KR, the Korean Windows encoding"
 
 
 def reference_columns(columns, summary_column: str) -> list[str]:
@@ -172,6 +185,7 @@ def load_test(config: TrainConfig) -> Split:
     if len(frame) == 0:
         raise UsageError(f"--test_file {path}: no examples")
     ids = [str(i) for i in frame["fname"]]
+    refuse_empty("test_file", str(path), "fname", [i for i, name in enumerate(ids) if not name.strip()], None)
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise UsageError(f"--test_file {path}: fname {duplicates[0]!r} appears more than once "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from trainer.console import fail, warn
 from trainer.run import report
+from trainer import install_hint
 from trainer.errors import UsageError
 from trainer.run.config import TrainConfig, check_output_dir, cpu_count
 from trainer.run.data import find_tags, load_splits, references_passed, tokenized
@@ -191,7 +192,7 @@ def trainer_class():
 def prepare(config: TrainConfig):
     """Everything that can fail on user input, before any model weights are loaded."""
     if config.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--report_to=wandb needs the wandb package: pip install 'trainer[wandb]'")
+        raise UsageError(f"--report_to=wandb needs the wandb package: {install_hint('wandb')}")
     train_split, eval_split = load_splits(config)
     passed = references_passed(eval_split, config)  # a marker in the shared cache, or None
     if not (passed and passed.exists()):

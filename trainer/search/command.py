@@ -21,9 +21,10 @@ import optuna
 from trainer.console import say
 from trainer.errors import UsageError, first_line
 from trainer.search import gpus as devices
+from trainer.search import brackets, results, space
 from trainer.search import confirm as confirming
 from trainer.search import narrow as narrowing
-from trainer.search import results, space, workers
+from trainer.search import workers
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
 from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
@@ -31,7 +32,8 @@ from trainer.flags import parse_assignments
 from trainer.run import config
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, narrow="", confirm=None, seeds=None):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, early_stopping=None, narrow="",
+           confirm=None, seeds=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -56,6 +58,9 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             default: the visible ones. Each trial gets one (round-robin over the free ones), and
             parallel defaults to their number
         trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
+        early_stopping: medianstop (the Experiment's own rule, Katib's defaults without earlyStopping),
+            asha (successive halving: rungs after 1, 3, 9, ... epochs, a third go on; local only, Katib
+            has medianstop) or none; default: the Experiment's own earlyStopping
         narrow: write the next Experiment here when the search ends (NEXT.yaml): ranges and lists shrunk
             around the top trials, one-value parameters fixed, 15 trials; on a finished study it only writes it
         confirm: rerun the K best configurations with --seeds more seeds after the search (or on a finished
@@ -64,11 +69,14 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     """
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
-                     gpus, trials_per_gpu)
+                     gpus, trials_per_gpu, early_stopping)
     shared = workers.is_server(plan.storage)
+    if shared and plan.hyperband is not None:
+        raise UsageError(f"--storage {workers.shown(plan.storage)}: hyperband's brackets are scheduled by one "
+                         "search, not shared by workers; run it with the default SQLite storage")
     algorithm, seed = workers.worker_algorithm(plan.experiment.algorithm) if shared else (plan.experiment.algorithm, None)
     sampler = space.make_sampler(algorithm, plan.distributions, plan.parallel)
-    pruner = space.make_pruner(plan.experiment)
+    pruner = space.make_pruner(plan.experiment, plan.early_stopping)
     if narrow:
         narrowing.refuse_output(narrow, plan.experiment.source)
     if confirm is not None:
@@ -148,6 +156,8 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     try:
         while True:
             while not reason and len(running) < plan.parallel and plan.max_trials - len(counted(study)) > len(running):
+                if plan.hyperband is not None and not brackets.queue_next(plan, study):
+                    break  # the rung below is still running, or the schedule is done
                 gpu = devices.next_gpu(plan.gpus, [r.gpu for r in running.values()], plan.trials_per_gpu, gpu)
                 run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:

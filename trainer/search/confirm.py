@@ -27,7 +27,7 @@ from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
-from trainer.flags import parse_flags
+from trainer.flags import parse_flags, whole_number
 from trainer.run import config
 from trainer.search import workers
 
@@ -98,22 +98,12 @@ def new_seeds(search_seed: int, count: int) -> list[int]:
     return [s for s in range(1, count + 2) if s != search_seed][:count]
 
 
-def whole(value, flag: str, minimum: int) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        number = minimum - 1
-    if isinstance(value, bool) or number < minimum:
-        raise UsageError(f"--{flag}={value!r} must be a whole number >= {minimum}")
-    return number
-
-
 def check_options(plan, top, seeds) -> tuple[int, int]:
     """--confirm K --seeds N, refused before the search runs where they cannot work."""
     from trainer.search.plan import searched_flags, trial_command
 
-    top = whole(top, "confirm", 1)
-    seeds = whole(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
+    top = whole_number(top, "confirm")
+    seeds = whole_number(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
     if trial_command(plan) != "train":
         raise UsageError(f"--confirm: {plan.experiment.name}'s trials run `trainer {trial_command(plan)}`, "
                          "which trains nothing: seeds do not change it")
@@ -276,6 +266,7 @@ def show(objective: str, configs: list[Configuration], seeds: list[int], own: in
 
 
 def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comparison) -> None:
+    from trainer.search.plan import copy_argv
     from trainer.search.results import docker_line, preset_flags, write_preset
 
     e = plan.experiment
@@ -290,13 +281,13 @@ def conclude(plan, configs: list[Configuration], seeds: list[int], outcome: Comp
         say(f"\ntie across seeds: {', '.join(group)} cannot be told apart beyond seed noise: no best trial "
             "(more seeds narrow the intervals). Their configurations:")
         for name in group:
-            say(f"  {docker_line(ex.trial_args(e, by_name[name].params, name))}")
+            say(f"  {docker_line(copy_argv(plan, by_name[name].params, name))}")
         if best_yaml.exists():
             best_yaml.unlink()  # the search's single-seed winner is not confirmed
             say(f"removed {best_yaml}: its single-seed winner is not ahead beyond seed noise")
         return
     winner = by_name[outcome.winner]
-    argv = ex.trial_args(e, winner.params, winner.name)
+    argv = copy_argv(plan, winner.params, winner.name)
     say(f"\nconfirmed: {winner.name}'s configuration is ahead of the others beyond seed noise ({plan.objective} "
         f"mean {winner.mean:.4f} over seeds {', '.join(map(str, seeds))}): {docker_line(argv)}")
     preset = write_preset(best_yaml, preset_flags(argv, plan.overrides.get("preset")), [

@@ -127,6 +127,9 @@ def what_changed(recorded: dict, now: dict) -> str:
     if recorded.get("overrides") != now.get("overrides"):
         shown = lambda o: " ".join(f"--{k}={v}" for k, v in sorted((o or {}).items())) or "none"
         return f"it was run with --set {shown(recorded.get('overrides'))}, this run has {shown(now.get('overrides'))}"
+    if recorded.get("early_stopping") != now.get("early_stopping"):
+        shown = lambda d: d.get("early_stopping") or "the Experiment's own"
+        return f"it was run with early stopping {shown(recorded)}, this run has {shown(now)}"
     old, new = recorded.get("data") or {}, now.get("data") or {}
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
