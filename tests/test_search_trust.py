@@ -53,6 +53,19 @@ def test_a_rerun_on_other_data_is_refused(tmp_path, fake_trainer):
         search.search(str(path), output_dir=str(out), set=overrides)
 
 
+def test_the_same_data_at_another_path_is_the_same_study(tmp_path, fake_trainer, capsys):
+    # Two machines of a shared study keep their copies of the data at their own paths: content decides.
+    here, there = tmp_path / "here.csv", tmp_path / "elsewhere" / "train.csv"
+    there.parent.mkdir()
+    for data in (here, there):
+        data.write_text("fname,dialogue,summary\nd0,a,b\n", encoding="utf-8")
+    path = write_experiment(tmp_path, "fake-copy", "grid", lrs("0.1"), max_trials=1, fixed=["--num_train_epochs=1"])
+    out = tmp_path / "out"
+    search.search(str(path), output_dir=str(out), set=f"train_file={here},eval_file={here}")
+    search.search(str(path), output_dir=str(out), set=f"train_file={there},eval_file={there}")
+    assert "1 of 1 trials done earlier" in capsys.readouterr().out
+
+
 def test_a_changed_experiment_is_refused(tmp_path, fake_trainer):
     path = write_experiment(tmp_path, "fake-spec", "grid", lrs("0.1"), max_trials=1, fixed=["--num_train_epochs=1"])
     out = tmp_path / "out"

@@ -19,11 +19,12 @@ import sys
 import optuna
 
 from trainer.console import say
-from trainer.errors import UsageError
+from trainer.errors import UsageError, first_line
 from trainer.search import gpus as devices
 from trainer.search import brackets, results, space
 from trainer.search import confirm as confirming
 from trainer.search import narrow as narrowing
+from trainer.search import workers
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
 from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
@@ -69,7 +70,12 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
                      gpus, trials_per_gpu, early_stopping)
-    sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
+    shared = workers.is_server(plan.storage)
+    if shared and plan.hyperband is not None:
+        raise UsageError(f"--storage {workers.shown(plan.storage)}: hyperband's brackets are scheduled by one "
+                         "search, not shared by workers; run it with the default SQLite storage")
+    algorithm, seed = workers.worker_algorithm(plan.experiment.algorithm) if shared else (plan.experiment.algorithm, None)
+    sampler = space.make_sampler(algorithm, plan.distributions, plan.parallel)
     pruner = space.make_pruner(plan.experiment, plan.early_stopping)
     if narrow:
         narrowing.refuse_output(narrow, plan.experiment.source)
@@ -79,16 +85,27 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
         raise UsageError("--seeds goes with --confirm K (the configurations to rerun with that many seeds)")
     with lock_study(plan):  # held until this search ends: a second one on the study stops at once
         show_plan(plan)
+        if shared:
+            say(workers.describe(plan, seed))
         study = open_study(plan, sampler, pruner)
-        recover(plan, study)
+        with workers.study_lock(plan):  # two workers starting together queue an interrupted trial once
+            recover(plan, study)
         try:
             with signals_raise():
                 reason = run_search(plan, study, pruner)
         except (KeyboardInterrupt, Terminated) as stop:
             left = plan.max_trials - len(counted(study))
-            say(f"interrupted: {len(counted(study))} finished trials are kept in {plan.storage}; "
+            say(f"interrupted: {len(counted(study))} finished trials are kept in {workers.shown(plan.storage)}; "
                 f"the same command resumes ({left} of {plan.max_trials} trials left)")
             raise SystemExit(128 + stop.signum if isinstance(stop, Terminated) else 130) from None
+        except Exception as error:
+            cause = workers.database_error(error)
+            if cause is None:
+                raise
+            print(f"trainer search: error: the database stopped answering ({workers.shown(first_line(cause))}); "
+                  f"the trials it recorded are kept in {workers.shown(plan.storage)}: the same command resumes "
+                  "once it is back", file=sys.stderr)
+            raise SystemExit(1) from None
         say(stop_message(plan, study, reason))
         results.show_results(plan, study, bool(keep_models))
         if narrow:
@@ -134,6 +151,7 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     events: queue.Queue = queue.Queue()
     running: dict[int, Running] = {}
     reason = stop_reason(plan, study)
+    shared = workers.is_server(plan.storage)  # then wait for the other workers' trials: one may need a rerun
     gpu = None  # the GPU the last trial got
     try:
         while True:
@@ -144,16 +162,19 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
                 run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:
                     reason = stop_reason(plan, study)
+                    if shared:
+                        break  # the other workers' running trials hold the rest of the budget
                 else:
                     running[run.trial.number] = run
-            if not running:
+            if not running and (reason or not shared):
                 return reason
-            for number, code in pump(plan, running, events):
+            ended = pump(plan, running, events)
+            for number, code in ended:
                 finish(plan, study, running.pop(number), code)
-                if not reason:
-                    reason = stop_reason(plan, study)
-                    if reason in ("goal", "failed") and running:
-                        say(f"{stop_message(plan, study, reason)}; waiting for {len(running)} running trials")
+            if not reason and (ended or shared):  # with workers, another's trial may end the search
+                reason = stop_reason(plan, study)
+                if reason in ("goal", "failed") and running:
+                    say(f"{stop_message(plan, study, reason)}; waiting for {len(running)} running trials")
     except BaseException:
         if running:
             stop_all(plan, study, running, events)

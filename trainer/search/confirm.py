@@ -28,6 +28,7 @@ from trainer.errors import UsageError
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
 from trainer.flags import number_flag, parse_flags
 from trainer.run import config
+from trainer.search import workers
 
 LEVEL = 0.95
 STUDY_SUFFIX = "-confirm"
@@ -135,7 +136,7 @@ def pick(plan, study, count: int) -> list[Configuration]:
 def open_confirm_study(plan):
     import optuna
 
-    study = optuna.create_study(storage=plan.storage, study_name=plan.experiment.name + STUDY_SUFFIX,
+    study = optuna.create_study(storage=workers.storage(plan.storage), study_name=plan.experiment.name + STUDY_SUFFIX,
                                 direction="maximize" if plan.maximize else "minimize", load_if_exists=True,
                                 sampler=optuna.samplers.RandomSampler(seed=0),
                                 pruner=optuna.pruners.NopPruner())  # every seed runs to its end
@@ -224,7 +225,7 @@ def confirm_study(plan, study, top: int, seed_count: int, keep_models: bool = Fa
     pairs = [(c, s, f"{c.name}-seed{s}") for c in configs for s in seeds if f"{c.name}-seed{s}" not in done]
     say(f"\nconfirmation: the {len(configs)} best configurations with seeds {', '.join(map(str, seeds))} (the search "
         f"trained with seed {own}): {len(pairs)} of {len(configs) * len(seeds)} runs to go, study "
-        f"{plan.experiment.name + STUDY_SUFFIX} in {plan.storage}")
+        f"{plan.experiment.name + STUDY_SUFFIX} in {workers.shown(plan.storage)}")
     run_pairs(plan, confirm, pairs)
     gather(plan, confirm, configs, seeds)
     outcome = compare(configs, plan.maximize)

@@ -18,7 +18,7 @@ from pathlib import Path
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment import check
-from trainer.search import brackets, hyperband, space
+from trainer.search import brackets, hyperband, space, workers
 from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
@@ -308,7 +308,7 @@ def show_plan(plan: Plan) -> None:
             "set per trial)")
     if "OMP_NUM_THREADS" not in os.environ:
         say(f"  each trial: OMP_NUM_THREADS={omp_threads(plan)} ({config.cpu_count()} CPUs, {plan.parallel} trials at once)")
-    say(f"  study: {e.name} in {plan.storage}; trial outputs in {plan.output_dir / 'trials'}")
+    say(f"  study: {e.name} in {workers.shown(plan.storage)}; trial outputs in {plan.output_dir / 'trials'}")
     for note in plan.notes:
         say(f"  note: {note}")
 

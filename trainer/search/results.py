@@ -21,7 +21,7 @@ from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.flags import format_value, parse_flags, with_flags
-from trainer.experiment.vocabulary import FINISHED, WITH_OBJECTIVE
+from trainer.experiment.vocabulary import FINISHED, SUCCEEDED, WITH_OBJECTIVE
 from trainer.run import config
 from trainer.run.files import atomic_write
 
@@ -44,6 +44,7 @@ class TrialRow:
     interval: tuple[float, float] | None = None  # 95% interval over the evaluation examples
     vs_best: str | None = None  # "best", "tie" or "worse" (paired against the best trial)
     stopped_by: str | None = None  # "asha: stopped at rung 2 (3 epochs)": the search's early stopping
+    worker: str | None = None  # HOST/PID of the search that ran it, shown when several workers share the study
 
 
 def format_duration(seconds: float | None) -> str:
@@ -83,14 +84,14 @@ def format_table(rows: list[TrialRow], objective_name: str, param_names: list[st
     interval, the paired comparison with the best and the epochs run where any trial has them."""
     names = param_names if param_names is not None else list(dict.fromkeys(k for r in rows for k in r.params))
     extra = [(title, key) for title, key in (("95% interval", "interval"), ("vs best", "vs_best"), ("epochs", "epochs"),
-                                             ("stopped by", "stopped_by"))
+                                             ("stopped by", "stopped_by"), ("worker", "worker"))
              if any(getattr(r, key) is not None for r in rows)]
     header = ["#", "trial", "state", *names, objective_name, *(title for title, _ in extra), "duration"]
     lines = [header]
     for row in rows:
         objective = "-" if row.objective is None else f"{row.objective:.4f}"
         shown = {"interval": format_interval(row.interval), "vs_best": row.vs_best or "-", "epochs": row.epochs or "-",
-                 "stopped_by": row.stopped_by or "-"}
+                 "stopped_by": row.stopped_by or "-", "worker": row.worker or "-"}
         lines.append([
             "-" if row.number is None else str(row.number), row.name, row.state,
             *[format_param(row.params[n]) if n in row.params else "-" for n in names],
@@ -177,8 +178,19 @@ def trial_rows(plan, trials) -> list[TrialRow]:
             name=t.user_attrs.get("trial_name", f"{plan.experiment.name}-{t.number:03d}"), state=katib_state(t),
             params={k: format_value(v) for k, v in t.params.items()}, objective=t.user_attrs.get("objective"),
             duration_s=duration, number=t.number, epochs=epochs_text(t.user_attrs),
-            stopped_by=t.user_attrs.get("stopped_by")))
+            stopped_by=t.user_attrs.get("stopped_by"), worker=worker_text(t.system_attrs)))
+    from trainer.search import workers
+
+    # One search ran them all (an SQLite study: its resumes too): nothing to tell apart.
+    if not workers.is_server(plan.storage) or len({r.worker for r in rows if r.worker}) < 2:
+        for row in rows:
+            row.worker = None
     return rows
+
+
+def worker_text(attrs: dict) -> str | None:
+    host, pid = attrs.get("search_host"), attrs.get("search_pid")
+    return f"{host}/{pid}" if host else None
 
 
 def epochs_text(attrs: dict) -> str | None:
@@ -334,6 +346,24 @@ def add_noise(plan, rows: list[TrialRow]) -> dict:
     return scores
 
 
+def absent_elsewhere(plan, rows: list[TrialRow], scores: dict, trials) -> list[TrialRow]:
+    """Succeeded trials another worker ran (in another folder, on another disk) whose predictions.csv is
+    not here: the intervals and the paired comparison need them. Marked "elsewhere" in the vs best column."""
+    from trainer.search.plan import trial_dir
+
+    folders = {t.user_attrs.get("trial_name"): t.user_attrs.get("trial_dir") for t in trials}
+    absent = [r for r in rows if r.state == SUCCEEDED and r.name not in scores
+              and folders.get(r.name) not in (None, str(trial_dir(plan, r.name)))]
+    if not absent:
+        return []
+    for row in absent:
+        row.vs_best = "elsewhere"
+    for row in rows:
+        if row.vs_best in ("best", "tie", "worse"):
+            row.vs_best = "-"  # against an incomplete field, not a verdict
+    return absent
+
+
 def rank(plan, rows: list[TrialRow], scores: dict) -> tuple[TrialRow | None, list[TrialRow]]:
     """The best row (Katib's optimal trial: the first with the best objective) and the others the data
     cannot tell apart from it; marks vs_best on every row with an objective."""
@@ -383,6 +413,7 @@ def show_results(plan, study, keep_models: bool) -> None:
     rows = trial_rows(plan, trials)
     scores = add_noise(plan, rows)
     best, tied = rank(plan, rows, scores)
+    absent = absent_elsewhere(plan, rows, scores, trials)
     names = [p.name for p in e.parameters]
     say()
     say(format_table(rows, plan.objective, names))
@@ -403,6 +434,16 @@ def show_results(plan, study, keep_models: bool) -> None:
         say(f"no trial reported {plan.objective}: no best trial")
         return
     by_name = {t.user_attrs.get("trial_name"): t for t in trials}
+    if absent:
+        holder = {**by_name[best.name].system_attrs, **by_name[best.name].user_attrs}
+        say(f"\nno best trial named here: the predictions.csv of {', '.join(r.name for r in absent)} "
+            f"(run by {', '.join(sorted({r.worker or '?' for r in absent}))}) are not on this disk, and the "
+            "intervals and the paired comparison need every trial's; copy their trials/TRIAL folders into "
+            f"{plan.output_dir / 'trials'} and run the same command again to compare. Highest {plan.objective}: "
+            f"{best.name} ({best.objective:.4f}), in {holder.get('trial_dir', '?')} on {holder.get('search_host', '?')}")
+        if (plan.output_dir / "best.yaml").exists():
+            (plan.output_dir / "best.yaml").unlink()  # an earlier run's winner is not this one's
+        return
     if tied:
         group = [best, *tied]
         say(f"\ntie: {', '.join(r.name for r in group)} cannot be told apart ({plan.objective} "

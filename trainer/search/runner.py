@@ -28,11 +28,11 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.search import pruner as median
-from trainer.search import brackets, results, space
+from trainer.search import brackets, results, space, workers
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
 from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, set_hidden,
                                       strategy_value, to_number)
-from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, METRICS_UNAVAILABLE, SUCCEEDED
+from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, FINISHED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags
 from trainer.run import report
 
@@ -54,6 +54,7 @@ class Running:
     kill_at: float | None = None
     exited_at: float | None = None
     gpu: str | None = None  # its CUDA_VISIBLE_DEVICES; None on the CPU
+    heartbeat: object = None  # workers.Heartbeat: beats for the trial in a shared study
 
 
 def pid_alive(pid: int) -> bool:
@@ -140,15 +141,21 @@ def read_output(process: subprocess.Popen, log_path: Path, number: int, events: 
 
 
 def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gpu: str | None = None) -> Running | None:
-    trial = study.ask(plan.distributions)
+    with workers.study_lock(plan):  # other workers wait: the count and the new trial are one step
+        workers.fail_stale(study)  # a dead worker's trial: failed and queued again (workers.requeue)
+        if workers.is_server(plan.storage) and reserved(study) >= plan.max_trials:
+            return None
+        trial = study.ask(plan.distributions)
+    beat = workers.Heartbeat(study, trial)
     space.on_trial_created(pruner, study, trial)  # Katib fixes medianstop's rule when it creates the trial
     # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
     name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)
     folder = trial_dir(plan, name)
+    fresh = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     epochs = parse_flags(argv).get("num_train_epochs")  # what this trial runs, smoke or not
-    attrs = {"trial_name": name, "epochs_requested": None if epochs is None else float(epochs)}
+    attrs = {"trial_name": name, "trial_dir": str(folder), "epochs_requested": None if epochs is None else float(epochs)}
     if gpu is not None:
         attrs["gpu"] = gpu
     for key, value in attrs.items():
@@ -157,19 +164,28 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
         set_hidden(study, trial, key, value)  # recover() reads them; nobody sorts by them
     rerun = trial.user_attrs.get("rerun_of")
     again = f" (rerun of interrupted trial {rerun}, in its folder)" if rerun is not None else ""
+    if trial.user_attrs.get("stale_host"):
+        again = (f" (rerun of trial {rerun}, whose worker on {trial.user_attrs['stale_host']} stopped beating; "
+                 + ("from scratch: its folder is not on this disk)" if fresh else "in its folder)"))
     where = f" on GPU {gpu}" if gpu is not None else ""
     say(f"[{name}] started{where}: {results.describe(trial.params)}{again}")
     try:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=trial_env(plan, argv, name, gpu), start_new_session=True)
     except OSError as error:
+        beat.join()
         record(study, trial, FAILED, f"cannot start {argv[0]}: {error.strerror or error}", None, {}, [])
         say(f"[{name}] {FAILED}: cannot start {argv[0]}: {error.strerror or error}")
         return None
     set_hidden(study, trial, "pid", process.pid)
     threading.Thread(target=read_output, args=(process, folder / "trial.log", trial.number, events),
                      daemon=True).start()
-    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu)
+    return Running(trial=trial, name=name, process=process, started=time.time(), gpu=gpu, heartbeat=beat)
+
+
+def reserved(study: optuna.Study) -> int:
+    """Trials that hold the budget: finished in Katib's sense, or running on any worker."""
+    return sum(t.state == TrialState.RUNNING or katib_state(t) in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -196,7 +212,13 @@ def handle_line(plan: Plan, run: Running, text: str) -> None:
         if metric != plan.objective or number is None:
             continue
         run.steps += 1
-        run.trial.report(number, run.steps)  # step = epoch number: a rung falls on the epoch it names
+        try:
+            run.trial.report(number, run.steps)  # step = epoch number: a rung falls on the epoch it names
+        except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat was late: another worker reruns it
+            if not run.stop:
+                say(f"[{run.name}] another worker found its heartbeat stale and runs it again: stopped here")
+                terminate(run, INTERRUPTED)
+            return
         say(f"[{run.name}] evaluation {run.steps}: {metric}={value}")
         if not run.stop and run.trial.should_prune():
             values = [to_number(v) for _, v in run.reports[metric] if to_number(v) is not None]
@@ -226,8 +248,14 @@ def finish(plan: Plan, study: optuna.Study, run: Running, code: int) -> None:
     else:
         state, message = SUCCEEDED, ""
     ordered = [[ts.isoformat() if ts else "", value] for ts, value in katib_order(reports)]
-    note_epochs(plan, run)  # before record(): a told trial takes no more attributes
-    record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
+    if run.heartbeat is not None:
+        run.heartbeat.join()
+    try:
+        note_epochs(plan, run)  # before record(): a told trial takes no more attributes
+        record(study, run.trial, state, message, objective if state != FAILED else None, metrics, ordered)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile, and queued again
+        say(f"[{run.name}] {state}, not recorded: another worker found its heartbeat stale and runs it again")
+        return
     took = results.format_duration(time.time() - run.started)
     value = f"{plan.objective}={text} ({strategy} of {len(reports)} evaluations)" if objective is not None else ""
     say(f"[{run.name}] {state}" + "".join(f": {part}" for part in (value, message) if part) + f" in {took}")
@@ -288,14 +316,19 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     """Trials left Running by a search that is gone become Interrupted; every Interrupted trial
     gets one rerun with the same hyperparameters, queued before new suggestions."""
     host = socket.gethostname()
+    shared = workers.is_server(plan.storage)  # other workers' running trials: their heartbeat tells
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.system_attrs.get("search_host") != host:
+            if shared:
+                continue
             warn(f"trial {trial.number} is running on {trial.system_attrs.get('search_host')}; left alone", who="trainer search")
             continue
         pid = trial.system_attrs.get("search_pid")
         if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+            if shared:
+                continue
             raise UsageError(f"another trainer search (pid {pid}) is running study {plan.experiment.name} in "
-                             f"{plan.storage}; wait for it, or use another --output_dir")
+                             f"{workers.shown(plan.storage)}; wait for it, or use another --output_dir")
         kill_orphan(trial)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     trials = study.get_trials(deepcopy=False)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.errors import UsageError, first_line
 from trainer.search import pruner as median
+from trainer.search import workers
 from trainer.search.plan import Plan
 from trainer.experiment.vocabulary import (EARLY_STOPPED, FAILED_STATES, FINISHED, PENDING, RUNNING, SUCCEEDED,
                                            WITH_OBJECTIVE)
@@ -54,7 +55,7 @@ def lock_study(plan: Plan):
         holder = lock.read().strip() or "?"
         lock.close()
         raise UsageError(f"another trainer search (pid {holder}) is running study {plan.experiment.name} in "
-                         f"{plan.storage} (it holds {path}); wait for it, or use another --output_dir") from None
+                         f"{workers.shown(plan.storage)} (it holds {path}); wait for it, or use another --output_dir") from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -84,30 +85,41 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     check_study_file(plan.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # runner.start_trial beats for each trial itself (workers.Heartbeat), as Study.optimize would.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     direction = "maximize" if plan.maximize else "minimize"
     try:
-        study = optuna.create_study(storage=plan.storage, study_name=plan.experiment.name, sampler=sampler,
+        study = optuna.create_study(storage=workers.storage(plan.storage), study_name=plan.experiment.name, sampler=sampler,
                                     pruner=pruner or optuna.pruners.NopPruner(), direction=direction,
                                     load_if_exists=True)
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as error:
-        raise UsageError(f"--storage {plan.storage}: {first_line(error)}") from None
+        raise UsageError(f"--storage {workers.shown(plan.storage)}: {workers.shown(first_line(error))}") from None
     if study.direction.name.lower() != direction:
-        raise UsageError(f"study {plan.experiment.name} in {plan.storage} was run to {study.direction.name.lower()}; "
+        raise UsageError(f"study {plan.experiment.name} in {workers.shown(plan.storage)} was run to {study.direction.name.lower()}; "
                          f"this Experiment wants to {direction} (use another --output_dir or --storage)")
     study.set_metric_names([plan.objective])  # optuna-dashboard's name for the objective, not "Objective 0"
     recorded = study.user_attrs.get(DEFINITION_ATTR)
     if recorded is None:
         study.set_user_attr(DEFINITION_ATTR, plan.definition)
-    elif recorded != plan.definition:
-        raise UsageError(f"study {plan.experiment.name} in {plan.storage}: {what_changed(recorded, plan.definition)}; "
+    elif comparable(recorded) != comparable(plan.definition):
+        raise UsageError(f"study {plan.experiment.name} in {workers.shown(plan.storage)}: {what_changed(recorded, plan.definition)}; "
                          "its trials cannot mix with this run's: start a new study with another --output_dir "
                          "(or --storage), or rerun as before")
     return study
 
 
+def comparable(definition: dict) -> dict:
+    """The definition without the data files' paths in --set: their content (sha256) decides, so each
+    machine of a shared study may keep its copy of the data at its own path."""
+    data = definition.get("data") or {}
+    overrides = {k: v for k, v in (definition.get("overrides") or {}).items() if k not in data}
+    return {**definition, "overrides": overrides}
+
+
 def what_changed(recorded: dict, now: dict) -> str:
     """The first difference between the study's definition and this run's, in words."""
+    recorded, now = comparable(recorded), comparable(now)
     if recorded.get("smoke") != now.get("smoke"):
         return f"it was run {'with' if recorded.get('smoke') else 'without'} --smoke"
     if recorded.get("experiment") != now.get("experiment"):
