@@ -79,7 +79,7 @@ def test_rendered_kustomize_output_on_stdin_passes():
     result = subprocess.run([*trainer_command(), "check", "-"], input=rendered, capture_output=True,
                             text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("4 Experiments OK")
+    assert result.stdout.startswith("1 Experiment OK: kobart-tpe")  # the default apply: one search
 
 
 # ---------------------------------------------------------------- broken Experiments
@@ -161,7 +161,7 @@ def job_spec(doc: dict) -> dict:
 
 
 def failure_rule(index, **changes):
-    """Change rule `index` of the good podFailurePolicy (0: Ignore DisruptionTarget, 1: FailJob on exit 2)."""
+    """Change rule `index` of the good podFailurePolicy (0: Ignore DisruptionTarget, 1: FailJob on any failure)."""
     def mutate(doc):
         rule = job_spec(doc)["podFailurePolicy"]["rules"][index]
         for key, value in changes.items():
@@ -294,7 +294,7 @@ BROKEN = [
      "non-empty list of integer exit codes"),
     ("failure-policy-string-values", failure_rule(1, values=["2"]), "podFailurePolicy.rules[1].onExitCodes.values",
      "non-empty list of integer exit codes"),
-    ("failure-policy-zero", failure_rule(1, values=[0, 2]), "podFailurePolicy.rules[1].onExitCodes.values",
+    ("failure-policy-zero", failure_rule(1, operator="In", values=[0, 2]), "podFailurePolicy.rules[1].onExitCodes.values",
      "0 is not allowed with operator In"),
     ("failure-policy-action", failure_rule(0, action="Retry"), "podFailurePolicy.rules[0].action",
      "'Retry' is not one of FailJob, Ignore, Count, FailIndex"),
@@ -413,8 +413,10 @@ def test_load_reads_folders_multi_documents_and_skips_other_kinds(tmp_path):
 def test_parsed_spec_fields():
     [e] = ex.load_experiments([TPE])
     assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
-    assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
-    assert e.objective.metric_strategies == {"rouge_avg": "max"}
+    assert e.objective.additional_metric_names == ["final_rouge1", "final_rouge2", "final_rougeL", "final_rouge_avg",
+                                                   "final_eval_loss"]
+    assert e.objective.metric_strategies == {"rouge_avg": "max", **{f"final_{m}": "latest" for m in
+                                             ("rouge1", "rouge2", "rougeL", "rouge_avg", "eval_loss")}}
     assert e.algorithm.name == "multivariate-tpe" and e.algorithm.settings["random_state"] == "42"
     assert e.early_stopping.name == "medianstop"
     assert (e.max_trial_count, e.parallel_trial_count, e.max_failed_trial_count) == (30, 3, 5)

@@ -42,9 +42,29 @@ def render(directory: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def with_opt_ins(folder: Path, components: list[str], files: list[str] = ()) -> Path:
+    """A kustomization beside the top-level one: the same base and image, plus opt-in components (and
+    Experiment files copied in, as a user fills in decode.yaml)."""
+    top_level = yaml.safe_load((ROOT / "kustomization.yaml").read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        shutil.copy(ROOT / name, folder / Path(name).name)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [os.path.relpath(ROOT / "manifests", folder), *(Path(n).name for n in files)],
+                     "components": [os.path.relpath(ROOT / c, folder) for c in components],
+                     "images": top_level["images"]}
+    if files:  # as the base sets them for its own files
+        kustomization["namespace"] = "kobart-tuning"
+        kustomization["labels"] = [{"pairs": {"app.kubernetes.io/part-of": "kobart-tuning"}}]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
-def top() -> list[dict]:
-    return render(ROOT)
+def top(tmp_path_factory) -> list[dict]:
+    """The four single searches (tpe, grid, random, decode), rendered as a user who opts into them would."""
+    folder = tmp_path_factory.mktemp("searches")
+    return render(with_opt_ins(folder, ["manifests/experiments"], ["manifests/experiments/decode.yaml"]))
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +83,56 @@ def pod_spec(e: ex.Experiment) -> dict:
 # ---------------------------------------------------------------- rendering and schemas
 
 
-def test_both_kustomizations_render_the_same_objects(top):
-    base = render(ROOT / "manifests")
-    assert sorted((d["kind"], d["metadata"]["name"]) for d in base) == sorted(
-        (d["kind"], d["metadata"]["name"]) for d in top)
-    assert {d["metadata"]["name"] for d in by_kind(top, "Experiment")} == {"kobart-grid", "kobart-random",
-                                                                           "kobart-tpe", "kobart-decode"}
+def test_the_default_apply_runs_the_one_recommended_search():
+    """`kubectl apply -k .` (and -k manifests/) submits kobart-tpe alone: the others cost GPUs and are opt-in."""
+    for directory in (ROOT, ROOT / "manifests"):
+        docs = render(directory)
+        assert [d["metadata"]["name"] for d in by_kind(docs, "Experiment")] == ["kobart-tpe"]
+        assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "NetworkPolicy",
+                                            "Experiment"}
+
+
+@pytest.mark.parametrize("component, names", [
+    ("manifests/experiments", {"kobart-grid", "kobart-random"}),
+    ("manifests/stages", {"kobart-stage1-lr-batch", "kobart-stage2-epochs-schedule", "kobart-stage3-details"})])
+def test_each_opt_in_renders_beside_the_default(tmp_path, component, names):
+    docs = render(with_opt_ins(tmp_path, [component]))
+    assert {d["metadata"]["name"] for d in by_kind(docs, "Experiment")} == names | {"kobart-tpe"}
+    kustomization = (ROOT / "kustomization.yaml").read_text(encoding="utf-8")
+    assert f"#   - {component}" in kustomization, "the top-level kustomization names the opt-in"
+
+
+def test_the_opt_ins_hold_every_shipped_experiment(tmp_path):
+    docs = render(with_opt_ins(tmp_path, ["manifests/experiments", "manifests/stages"],
+                               ["manifests/experiments/decode.yaml"]))
+    shipped = {e.name for e in ex.load_experiments([ROOT / "manifests"])}
+    assert {d["metadata"]["name"] for d in by_kind(docs, "Experiment")} == shipped
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for rule in selector.get("matchExpressions") or []:
+        key, operator, values = rule["key"], rule["operator"], rule.get("values") or []
+        if not {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                "Exists": key in labels, "DoesNotExist": key not in labels}[operator]:
+            return False
+    return True
+
+
+def test_network_policy_closes_trial_pods_and_leaves_katibs_services_open():
+    """Labels as Katib sets them: trial pods get the trial's labels plus katib.kubeflow.org/trial
+    (pkg/webhook/v1beta1/pod/utils.go); suggestion pods the suggestion's (pkg/controller.v1beta1/util/labels.go)."""
+    [policy] = by_kind(render(ROOT), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and not policy["spec"].get("ingress")  # nothing admitted
+    trial_pod = {"katib.kubeflow.org/experiment": "kobart-tpe", "katib.kubeflow.org/trial": "kobart-tpe-x7k2",
+                 "app.kubernetes.io/part-of": "kobart-tuning"}
+    suggestion_pod = {"katib.kubeflow.org/experiment": "kobart-tpe", "katib.kubeflow.org/suggestion": "kobart-tpe",
+                      "deployment": "kobart-tpe-multivariate-tpe", "sidecar.istio.io/inject": "false"}
+    assert matches(policy["spec"]["podSelector"], trial_pod)
+    assert not matches(policy["spec"]["podSelector"], suggestion_pod)
+    assert not matches(policy["spec"]["podSelector"], {"app": "katib-ui"})
 
 
 @pytest.mark.parametrize("directory", ["manifests", "."])
@@ -128,7 +192,10 @@ def test_experiments_follow_the_issue(experiments):
     assert sorted(named) == ["kobart-decode", "kobart-grid", "kobart-random", "kobart-tpe"]
     for e in (e for e in experiments if not is_decoding(e)):
         assert (e.objective.type, e.objective.objective_metric_name) == ("maximize", "rouge_avg")
-        assert e.objective.additional_metric_names == ["rouge1", "rouge2", "rougeL", "eval_loss", "final_rouge_avg"]
+        # the kept model's figures, each its last (only) report: one model per row, not each metric's best epoch
+        finals = ["final_rouge1", "final_rouge2", "final_rougeL", "final_rouge_avg", "final_eval_loss"]
+        assert e.objective.additional_metric_names == finals
+        assert all(e.objective.metric_strategies[name] == "latest" for name in finals)
         # a subset each epoch for the objective; final_rouge_avg is the whole dev set, once
         assert "--epoch_eval_samples=250" in pod_spec(e)["containers"][0]["args"]
         assert e.metrics_collector.kind == "StdOut"
@@ -206,8 +273,8 @@ def test_trial_job_is_hardened_and_gets_one_gpu(experiments):
         assert job["spec"]["backoffLimit"] == 2
         assert job["spec"]["podFailurePolicy"]["rules"] == [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            {"action": "FailJob", "onExitCodes": {"containerName": "training-container", "operator": "In",
-                                                  "values": [2]}}]
+            {"action": "FailJob", "onExitCodes": {"containerName": "training-container", "operator": "NotIn",
+                                                  "values": [0]}}]
         pod = pod_spec(e)
         assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == uid
