@@ -85,7 +85,7 @@ def test_a_killed_workers_trial_is_run_again_by_another(tmp_path, fake_trainer, 
         while time.time() < deadline:  # wait until each worker runs a trial
             try:
                 running = {t.system_attrs.get("search_pid"): t for t in load(postgres_url, "fake-dies").trials
-                           if t.state == TrialState.RUNNING and "pid" in t.user_attrs}
+                           if t.state == TrialState.RUNNING and "pid" in t.system_attrs}
             except KeyError:  # the study does not exist yet
                 running = {}
             if victim.pid in running and survivor.pid in running:
@@ -95,7 +95,7 @@ def test_a_killed_workers_trial_is_run_again_by_another(tmp_path, fake_trainer, 
         lost = running[victim.pid]
         # The machine dies: the worker and its trial process, with no chance to record anything.
         os.kill(victim.pid, signal.SIGKILL)
-        os.killpg(lost.user_attrs["pid"], signal.SIGKILL)
+        os.killpg(lost.system_attrs["pid"], signal.SIGKILL)
         victim.wait()
         stdout, stderr = survivor.communicate(timeout=300)
     finally:
@@ -147,7 +147,7 @@ def running_trials(url, name, deadline_s=120):
     while time.time() < deadline:
         time.sleep(0.2)
         try:
-            running = [t for t in load(url, name).trials if t.state == TrialState.RUNNING and "pid" in t.user_attrs]
+            running = [t for t in load(url, name).trials if t.state == TrialState.RUNNING and "pid" in t.system_attrs]
         except KeyError:  # no such study yet
             continue
         if running:

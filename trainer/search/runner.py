@@ -205,6 +205,10 @@ def handle_line(plan: Plan, run: Running, text: str) -> None:
         run.tail.append(text)
     if text.startswith(RESUMING):
         say(f"[{run.name}] resumed from {text[len(RESUMING):]}")
+    if run.stop == EARLY_STOPPED:
+        # Evaluations printed while the stopped trainer saves its checkpoint are not the trial's: on Katib
+        # the collector kills the trainer when the rule is met, and the decision stands on what came before.
+        return
     timestamp, found = report.parse_line(text, plan.metrics, plan.filters)
     for metric, value in found:
         run.reports.setdefault(metric, []).append((timestamp, value))
