@@ -1,6 +1,6 @@
 # The two commands of the README. Each builds what it needs from a fresh clone.
 #   make search   a local hyperparameter search on the built-in sample data and tiny model
-#   make test     the test suite (what CI runs)
+#   make test     ruff, then the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,6 +18,7 @@ stages: $(BIN)/trainer
 	PATH=$(CURDIR)/$(BIN):$$PATH sh scripts/stages.sh outputs/stages --smoke
 
 test: $(BIN)/trainer $(CHECKOV_VENV)/bin/checkov
+	$(BIN)/ruff check .
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 install: $(BIN)/trainer

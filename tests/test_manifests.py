@@ -94,12 +94,30 @@ def test_the_default_apply_runs_the_one_recommended_search():
 
 @pytest.mark.parametrize("component, names", [
     ("manifests/experiments", {"kobart-grid", "kobart-random"}),
-    ("manifests/stages", {"kobart-stage1-lr-batch", "kobart-stage2-epochs-schedule", "kobart-stage3-details"})])
+    ("manifests/stages", {"kobart-stage1-lr-batch", "kobart-stage2-epochs-schedule", "kobart-stage3-details"}),
+    ("manifests/components/storage-class", set()), ("manifests/components/gpu-nodes", set())])
 def test_each_opt_in_renders_beside_the_default(tmp_path, component, names):
     docs = render(with_opt_ins(tmp_path, [component]))
     assert {d["metadata"]["name"] for d in by_kind(docs, "Experiment")} == names | {"kobart-tpe"}
     kustomization = (ROOT / "kustomization.yaml").read_text(encoding="utf-8")
     assert f"#   - {component}" in kustomization, "the top-level kustomization names the opt-in"
+
+
+def test_cluster_components_set_the_storage_class_and_the_trials_nodes(tmp_path):
+    docs = render(with_opt_ins(tmp_path, ["manifests/components/storage-class", "manifests/components/gpu-nodes"]))
+    classes = {d["metadata"]["name"]: d["spec"].get("storageClassName") for d in by_kind(docs, "PersistentVolumeClaim")}
+    assert len(classes) == 3 and len(set(classes.values())) == 1 and None not in classes.values()
+    [e] = [ex.parse_experiment(d, "rendered") for d in by_kind(docs, "Experiment")]
+    pod = pod_spec(e)
+    assert "nvidia.com/gpu.product" in pod["nodeSelector"]
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys[0] == "nvidia.com/gpu" and "cloud.google.com/gke-spot" in keys  # the GPU toleration kept
+
+
+def test_the_data_loader_pod_validates_and_mounts_the_data_volume():
+    [pod] = [d for d in yaml.safe_load_all((ROOT / "manifests/tools/data-loader.yaml").read_text()) if d]
+    kubernetes_validate.validate(pod, "1.31", strict=True)
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "trainer-data"
 
 
 def test_the_opt_ins_hold_every_shipped_experiment(tmp_path):
