@@ -1,8 +1,9 @@
 # The trainer image: `docker run IMAGE --learning_rate 3e-5 ...` trains once; every Katib
 # trial runs it.
-# torch: the base image's 2.8.0 with the CUDA 12.9 and cuDNN 9 it was built against (pyproject
-# asks torch>=2.6, so pip keeps it). The tests run torch 2.13.0's CPU build (Makefile); the code
-# uses nothing newer than 2.6, and a base built for 2.13 would be the one change to make them equal.
+# torch: the base image's 2.8.0 with the CUDA 12.9 and cuDNN 9 it was built against, held there by
+# constraints.txt (a bare `pip install .` would resolve the newest torch, a CUDA 13 build). The tests run
+# torch 2.13.0's CPU build (Makefile): no pytorch/pytorch tag for 2.13 could be verified offline, and the
+# code uses nothing newer than 2.6; a base built for 2.13 (and its pin here) is the one change to make them equal.
 FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
 
 # HF_HOME and TRAINER_CACHE_DIR live under /cache: mount a volume there (a ReadWriteMany
@@ -18,10 +19,10 @@ WORKDIR /app
 # Dependencies first, read from pyproject.toml alone: this layer is rebuilt only when the
 # dependency list changes, not on every source edit. A trial needs the training run's own
 # dependencies and W&B; not the search, cluster or test extras.
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['wandb']))" \
         > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 COPY README.md ./

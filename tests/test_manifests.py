@@ -381,11 +381,25 @@ def test_dockerfile_is_hadolint_clean():
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
 
 
+def test_the_image_installs_pinned_versions_and_keeps_the_base_images_torch():
+    import tomllib
+
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    base_torch = re.search(r"^FROM pytorch/pytorch:([\d.]+)-", dockerfile, re.M).group(1)
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert pins["torch"] == base_torch
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    needed = project["dependencies"] + project["optional-dependencies"]["wandb"]
+    assert {re.split(r"[<>=!~\[ ]", d)[0] for d in needed} == set(pins)  # every dependency pinned, nothing else
+    assert "-c constraints.txt" in dockerfile and "!constraints.txt" in (ROOT / ".dockerignore").read_text()
+
+
 def test_dockerfile_essentials():
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda[\d.]+-cudnn\d+-runtime", base)
-    assert text.index("COPY pyproject.toml") < text.index("pip install --no-cache-dir -r") < text.index(
+    assert text.index("COPY pyproject.toml") < text.index("pip install --no-cache-dir -c constraints.txt -r") < text.index(
         "COPY trainer/")
     assert 'ENTRYPOINT ["trainer"]' in text and "PYTHONUNBUFFERED=1" in text
     assert "HF_HOME=/cache/" in text and "TRAINER_CACHE_DIR=/cache/" in text
