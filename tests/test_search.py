@@ -242,7 +242,7 @@ def test_medianstop_stops_a_bad_trial_and_its_process_is_gone(tmp_path, fake_tra
     study = load(out, "fake-median")
     assert states(study) == ["Succeeded", "Succeeded", "EarlyStopped"]
     good, bad = study.trials[:2], study.trials[2]
-    averages = [sum(t.intermediate_values[s] for s in (0, 1)) / 2 for t in good]
+    averages = [sum(t.intermediate_values[s] for s in (1, 2)) / 2 for t in good]  # step = epoch
     assert bad.user_attrs[median.RULE_ATTR] == pytest.approx(sum(averages) / 2)
     assert len(bad.intermediate_values) == 2  # judged at start_step, stopped there
     record = run_record(out, bad.user_attrs["trial_name"])
@@ -522,7 +522,7 @@ def test_only_timestamped_first_token_counts_and_filters_apply():
     runner.handle_line(plan, run, "progress 50%\r2026-11-28T03:21:00Z epoch=2 rouge_avg=0.5")  # glued by \r
     runner.handle_line(plan, run, "{'eval_loss': 1.9, 'rouge_avg': 0.9}")  # HF's dict log: no name=value
     assert [(ts is not None, v) for ts, v in run.reports["rouge_avg"]] == [(True, "0.4"), (False, "0.5")]
-    assert study.trials[0].intermediate_values == {0: 0.4, 1: 0.5}
+    assert study.trials[0].intermediate_values == {1: 0.4, 2: 0.5}  # step = epoch number
 
 
 # ---------------------------------------------------------------- medianstop
@@ -531,7 +531,7 @@ def test_only_timestamped_first_token_counts_and_filters_apply():
 def finished(study, values: list[float], state=TrialState.COMPLETE):
     study.add_trial(optuna.trial.create_trial(
         state=state, value=max(values) if state == TrialState.COMPLETE else None,
-        intermediate_values=dict(enumerate(values))))
+        intermediate_values=dict(enumerate(values, 1))))
 
 
 def test_median_rule_is_the_mean_of_succeeded_trials_early_averages():
@@ -549,7 +549,7 @@ def test_medianstop_compares_the_best_so_far_from_start_step_on():
     study = optuna.create_study(direction="maximize", pruner=pruner)
 
     def judged(values, rule=0.5):
-        trial = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=dict(enumerate(values)),
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=dict(enumerate(values, 1)),
                                           user_attrs={median.RULE_ATTR: rule})
         return pruner.prune(study, trial)
 
@@ -558,7 +558,7 @@ def test_medianstop_compares_the_best_so_far_from_start_step_on():
     assert not judged([0.6, 0.1, 0.1])  # its best so far beats the rule
     assert not judged([0.1, 0.1, 0.1], rule=None)  # created before enough trials succeeded
     minimizing = optuna.create_study(direction="minimize", pruner=pruner)
-    trial = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values={0: 0.9, 1: 0.8, 2: 0.7},
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values={1: 0.9, 2: 0.8, 3: 0.7},
                                       user_attrs={median.RULE_ATTR: 0.5})
     assert pruner.prune(minimizing, trial)
 

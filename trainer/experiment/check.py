@@ -22,7 +22,7 @@ import sys
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
-from trainer.experiment.check_space import check_grid, check_parameters
+from trainer.experiment.check_space import check_grid, check_hyperband, check_parameters
 from trainer.experiment.check_trial import PRINTED, check_collector, check_template, check_trial_command
 from trainer.experiment.findings import Report
 from trainer.flags import parse_flags
@@ -127,6 +127,7 @@ def check_experiment(e: ex.Experiment) -> Report:
                                             f"({', '.join(p for p in vocab.RESUME_POLICIES if p)})")
     check_parameters(e, report)
     check_grid(e, report)
+    check_hyperband(e, report)
     check_collector(e, report)
     if check_template(e, report):
         check_trial_command(e, report)

@@ -144,3 +144,43 @@ def check_grid(e: ex.Experiment, report: Report) -> None:
                                              f"(at most {size}: an exhausted grid does not end the Experiment)")
     elif e.max_trial_count < size:
         report.warn("spec.maxTrialCount", f"{e.max_trial_count} visits only part of the {size}-point grid")
+
+
+def check_hyperband(e: ex.Experiment, report: Report) -> None:
+    """Katib's hyperband service: its ValidateAlgorithmSettings in its own words, what passes that
+    but fails in the service, and why it does not run past the first rung on a cluster."""
+    if e.algorithm is None or e.algorithm.name != "hyperband":
+        return
+    from trainer.search import hyperband
+
+    field = "spec.algorithm.algorithmSettings"
+    settings = e.algorithm.settings
+    parallel = ex.parallel_trial_count(e)
+    for name, message in hyperband.validation_problems(settings, [p.name for p in e.parameters],
+                                                       parallel if ex.is_int(parallel) else 0):
+        report.problem(f"{field}[{name}]" if name else ("spec.parallelTrialCount" if "parallel" in message else field),
+                       f"Katib's hyperband: {message}")
+    for name in settings:
+        if name in vocab.HYPERBAND_STATE_SETTINGS:
+            report.warn(f"{field}[{name}]", "Katib's hyperband service keeps its own state in this setting: a value "
+                                            "here starts its schedule elsewhere (trainer search ignores it)")
+        elif name not in vocab.HYPERBAND_SETTINGS:
+            report.warn(f"{field}[{name}]", f"unknown to Katib's hyperband (it reads "
+                                            f"{', '.join(vocab.HYPERBAND_SETTINGS)}); ignored")
+    for p in e.parameters:
+        if p.parameter_type == "discrete":
+            for value in p.list:
+                try:
+                    int(str(value))
+                except ValueError:
+                    report.problem(f"spec.parameters[{p.name}].feasibleSpace.list",
+                                   f"Katib's hyperband reads discrete values with int(): {value!r} fails (make it "
+                                   "categorical, or double with min and max)")
+                    break
+        if p.distribution == "logUniform":
+            report.warn(f"spec.parameters[{p.name}].feasibleSpace.distribution",
+                        "Katib's hyperband draws uniformly between min and max: logUniform is not read")
+    if e.early_stopping is not None:
+        report.warn("spec.earlyStopping", "Katib's hyperband service fails when a rung has an EarlyStopped trial "
+                                          "(it waits for every trial to have Succeeded)")
+    report.warn("spec.algorithm.algorithmName", hyperband.CLUSTER_PROBLEM)

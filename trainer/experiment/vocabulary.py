@@ -39,6 +39,15 @@ DEFAULT_COLLECTOR = "StdOut"
 # medianstop's algorithmSettings defaults (pkg/earlystopping/v1beta1/medianstop/service.py).
 MEDIANSTOP_DEFAULT_MIN_TRIALS_REQUIRED = 3
 MEDIANSTOP_DEFAULT_START_STEP = 4
+# hyperband's algorithmSettings (pkg/suggestion/v1beta1/hyperband/service.py): what a user writes, the
+# service's own state (it stores it beside them), eta's default and ValidateAlgorithmSettings' messages.
+HYPERBAND_SETTINGS = ("r_l", "resource_name", "eta")
+HYPERBAND_STATE_SETTINGS = ("s_max", "b_l", "r", "n", "current_s", "current_i", "evaluating_trials")
+HYPERBAND_DEFAULT_ETA = 3
+HYPERBAND_MISSING = "r_l and resource_name must be set."
+HYPERBAND_BAD_R_L = "r_l must be a positive float number."
+HYPERBAND_LOW_PARALLEL = "parallelTrialCount must be not less than %d."
+HYPERBAND_BAD_RESOURCE = "value of resource_name setting must be in parameters."
 
 # Katib's meta references in trialParameters: ${trialSpec.Name}, ${trialSpec.Labels[key]}, ...
 META_KEYS = ("Name", "Namespace", "Kind", "APIVersion", "Labels", "Annotations")

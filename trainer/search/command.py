@@ -21,7 +21,7 @@ import optuna
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.search import gpus as devices
-from trainer.search import results, space
+from trainer.search import brackets, results, space
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
 from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
@@ -29,7 +29,7 @@ from trainer.flags import parse_assignments
 from trainer.run import config
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
-           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None):
+           output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, early_stopping=None):
     """Run a Katib Experiment on this machine: Optuna suggests, each trial is a local process.
 
     The trial command is the Experiment's own (the `trainer` on PATH stands in for the image),
@@ -54,12 +54,15 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             default: the visible ones. Each trial gets one (round-robin over the free ones), and
             parallel defaults to their number
         trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
+        early_stopping: medianstop (the Experiment's own rule, Katib's defaults without earlyStopping),
+            asha (successive halving: rungs after 1, 3, 9, ... epochs, a third go on; local only, Katib
+            has medianstop) or none; default: the Experiment's own earlyStopping
     """
     overrides = trial_overrides(command_line_sets() or set)
     plan = make_plan(path, name, bool(smoke), max_trials, parallel, storage, overrides, output_dir,
-                     gpus, trials_per_gpu)
+                     gpus, trials_per_gpu, early_stopping)
     sampler = space.make_sampler(plan.experiment.algorithm, plan.distributions, plan.parallel)
-    pruner = space.make_pruner(plan.experiment)
+    pruner = space.make_pruner(plan.experiment, plan.early_stopping)
     with lock_study(plan):  # held until this search ends: a second one on the study stops at once
         show_plan(plan)
         study = open_study(plan, sampler, pruner)
@@ -113,6 +116,8 @@ def run_search(plan: Plan, study: optuna.Study, pruner) -> str:
     try:
         while True:
             while not reason and len(running) < plan.parallel and plan.max_trials - len(counted(study)) > len(running):
+                if plan.hyperband is not None and not brackets.queue_next(plan, study):
+                    break  # the rung below is still running, or the schedule is done
                 gpu = devices.next_gpu(plan.gpus, [r.gpu for r in running.values()], plan.trials_per_gpu, gpu)
                 run = start_trial(plan, study, pruner, events, gpu)
                 if run is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment import check, check_trial
-from trainer.search import space
+from trainer.search import brackets, hyperband, space
 from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
@@ -65,6 +65,8 @@ class Plan:
     definition: dict = field(default_factory=dict)  # what the study's trials depend on (study.py checks it)
     gpus: list[str] = field(default_factory=list)  # each trial gets one; none: trials on the CPU
     trials_per_gpu: int = 1
+    early_stopping: str = "none"  # the rule that runs (space.EARLY_STOPPING_RULES)
+    hyperband: brackets.Hyperband | None = None  # Katib's hyperband schedule, run rung by rung
 
 
 def select_experiment(path, name: str) -> ex.Experiment:
@@ -113,8 +115,9 @@ def entrypoint(command: str) -> list[str]:
 
 
 def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, output_dir, gpus=None,
-              trials_per_gpu=None) -> Plan:
+              trials_per_gpu=None, early_stopping=None) -> Plan:
     e = select_experiment(path, name)
+    rule = space.early_stopping_rule(e, early_stopping)
     refuse_rejected(e)
     refuse_searched_overrides(e, overrides)
     algorithm = e.algorithm.name
@@ -127,6 +130,16 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         budget, source = e.max_trial_count, "maxTrialCount"
         if smoke:
             budget, source = min(budget, SMOKE_MAX_TRIALS), "--smoke"
+    schedule = brackets.from_experiment(e) if algorithm == "hyperband" else None
+    if schedule is not None:
+        rule = hyperband_stopping(e, rule, early_stopping, notes)
+        size = sum(r.trials for r in schedule.rungs)
+        notes.append(f"hyperband (r_l={schedule.r_l:g}, eta={schedule.eta:g}), Katib's schedule: "
+                     f"{hyperband.describe(list(schedule.rungs), schedule.resource_name)}; each promoted "
+                     "configuration is a new trial retrained from scratch, as Katib does")
+        if budget < size:
+            notes.append(f"{source} {budget} ends the schedule of {size} trials early")
+        budget = min(budget, size)
     if algorithm == "grid":
         size = len(katib_grid.grid_points(e))
         if budget > size:
@@ -155,7 +168,8 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         parallel=min(at_once, budget),
         max_failed=e.max_failed_trial_count,
         deadline_s=ex.active_deadline_s(e),
-        distributions=space.distributions(e, grid=algorithm == "grid"),
+        distributions=(space.distributions(e, grid=algorithm == "grid") if schedule is None
+                       else brackets.distributions(schedule, space.distributions(e, grid=False))),
         overrides=overrides,
         smoke=smoke,
         output_dir=out,
@@ -165,9 +179,24 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         notes=notes + space.ignored_settings(e.algorithm),
         gpus=gpu_names,
         trials_per_gpu=per_gpu,
+        early_stopping=rule,
+        hyperband=schedule,
     )
     validate_locally(plan)
     return plan
+
+
+def hyperband_stopping(e: ex.Experiment, rule: str, asked, notes: list[str]) -> str:
+    """hyperband stops configurations by its own rungs: asha is refused, the Experiment's medianstop
+    not run (an EarlyStopped trial in a rung makes Katib's service fail)."""
+    if rule == "none":
+        return rule
+    if asked not in (None, ""):
+        raise UsageError(f"--early_stopping={asked}: hyperband stops configurations by its own rungs; "
+                         "use --early_stopping none (or another algorithm)")
+    notes.append("earlyStopping medianstop is not run with hyperband (Katib's hyperband service fails on an "
+                 "EarlyStopped trial in a rung)")
+    return "none"
 
 
 def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
@@ -247,8 +276,8 @@ def validate_locally(plan: Plan) -> None:
 
 def show_plan(plan: Plan) -> None:
     e = plan.experiment
-    stopping = f", early stopping {e.early_stopping.name}" if e.early_stopping else ""
-    say(f"trainer search: {e.name} from {e.source}: {e.algorithm.name}{stopping}")
+    say(f"trainer search: {e.name} from {e.source}: {e.algorithm.name}, "
+        f"{space.describe_early_stopping(e, plan.early_stopping)}")
     direction = "maximize" if plan.maximize else "minimize"
     goal = f", goal {plan.goal:g}" if plan.goal is not None else ""
     say(f"  objective: {direction} {plan.objective} ({plan.strategies[plan.objective]} over each trial's "
@@ -270,8 +299,9 @@ def show_plan(plan: Plan) -> None:
             + (" (a searched parameter: its order is kept)" if searched else ""))
         say("  smoke: this checks the whole pipeline; the tiny model's scores say nothing about KoBART's "
             "best hyperparameters")
-        if e.early_stopping and e.early_stopping.name == "medianstop":
-            start = int(e.early_stopping.settings.get("start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
+        if plan.early_stopping == "medianstop":
+            start = int((e.early_stopping.settings if e.early_stopping else {}).get(
+                "start_step", vocab.MEDIANSTOP_DEFAULT_START_STEP))
             say(f"  smoke: medianstop judges a trial from evaluation {start} on: only trials of more than "
                 f"{SMOKE_EPOCH_DIVISOR * (start - 1)} epochs get that far here")
     if plan.overrides:

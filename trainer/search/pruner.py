@@ -1,4 +1,8 @@
-"""Katib's `medianstop` early stopping as an Optuna pruner.
+"""Early stopping of the local search: Katib's `medianstop` as an Optuna pruner, and the rungs of
+asha (Optuna's SuccessiveHalvingPruner, a local choice: Katib has only medianstop).
+
+Steps are epoch numbers: the evaluation after epoch k is reported as step k (1, 2, ...), so an
+asha rung at min_resource * eta^k steps falls after that many epochs.
 
 Katib splits it in two (checked against Katib's sources):
 - the early-stopping service (pkg/earlystopping/v1beta1/medianstop/service.py) computes ONE rule
@@ -24,6 +28,39 @@ from trainer.experiment import vocabulary as vocab
 
 RULE_ATTR = "median_stop_rule"
 REPORTS_ATTR = "objective_reports"  # [[timestamp or "", value text], ...] in Katib's time order
+STOPPED_BY_ATTR = "stopped_by"  # which rule stopped the trial, and where ("asha: stopped at rung 2 (3 epochs)")
+
+# asha's defaults: rungs after 1, 3, 9, ... epochs; a third of each rung goes on.
+ASHA_MIN_RESOURCE = 1
+ASHA_REDUCTION_FACTOR = 3
+
+
+def asha_rung(epoch: int) -> int:
+    """The rung (1-based) judged after `epoch` epochs: the highest whose epochs it has reached."""
+    rung = 0
+    while ASHA_MIN_RESOURCE * ASHA_REDUCTION_FACTOR ** rung <= epoch:
+        rung += 1
+    return rung
+
+
+def rung_epochs(rung: int) -> int:
+    return ASHA_MIN_RESOURCE * ASHA_REDUCTION_FACTOR ** (rung - 1)
+
+
+def epochs_text(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def stop_note(pruner, trial, values: list[float], maximize: bool) -> str:
+    """Which rule stopped the trial after len(values) epochs (its objective values), in one line."""
+    epoch = len(values)
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
+        rung = asha_rung(epoch)
+        return f"asha: stopped at rung {rung} ({epochs_text(rung_epochs(rung))})"
+    rule = trial.user_attrs.get(RULE_ATTR)
+    best = max(values) if maximize else min(values)
+    return (f"medianstop: stopped after {epochs_text(epoch)}, its best {best:.4f} "
+            f"{'below' if maximize else 'above'} the rule {rule:.4f}")
 
 
 def reported_values(trial: FrozenTrial) -> list[float]:

@@ -41,6 +41,7 @@ class TrialRow:
     epochs: str | None = None  # "4/10 stopped early": epochs run of those asked for (local trials)
     interval: tuple[float, float] | None = None  # 95% interval over the evaluation examples
     vs_best: str | None = None  # "best", "tie" or "worse" (paired against the best trial)
+    stopped_by: str | None = None  # "asha: stopped at rung 2 (3 epochs)": the search's early stopping
 
 
 def format_duration(seconds: float | None) -> str:
@@ -79,13 +80,15 @@ def format_table(rows: list[TrialRow], objective_name: str, param_names: list[st
     """One line per trial: number, trial, state, each parameter, the objective, duration; the 95%
     interval, the paired comparison with the best and the epochs run where any trial has them."""
     names = param_names if param_names is not None else list(dict.fromkeys(k for r in rows for k in r.params))
-    extra = [(title, key) for title, key in (("95% interval", "interval"), ("vs best", "vs_best"), ("epochs", "epochs"))
+    extra = [(title, key) for title, key in (("95% interval", "interval"), ("vs best", "vs_best"), ("epochs", "epochs"),
+                                             ("stopped by", "stopped_by"))
              if any(getattr(r, key) is not None for r in rows)]
     header = ["#", "trial", "state", *names, objective_name, *(title for title, _ in extra), "duration"]
     lines = [header]
     for row in rows:
         objective = "-" if row.objective is None else f"{row.objective:.4f}"
-        shown = {"interval": format_interval(row.interval), "vs_best": row.vs_best or "-", "epochs": row.epochs or "-"}
+        shown = {"interval": format_interval(row.interval), "vs_best": row.vs_best or "-", "epochs": row.epochs or "-",
+                 "stopped_by": row.stopped_by or "-"}
         lines.append([
             "-" if row.number is None else str(row.number), row.name, row.state,
             *[format_param(row.params[n]) if n in row.params else "-" for n in names],
@@ -139,7 +142,8 @@ def trial_rows(plan, trials) -> list[TrialRow]:
         rows.append(TrialRow(
             name=t.user_attrs.get("trial_name", f"{plan.experiment.name}-{t.number:03d}"), state=katib_state(t),
             params={k: format_value(v) for k, v in t.params.items()}, objective=t.user_attrs.get("objective"),
-            duration_s=duration, number=t.number, epochs=epochs_text(t.user_attrs)))
+            duration_s=duration, number=t.number, epochs=epochs_text(t.user_attrs),
+            stopped_by=t.user_attrs.get("stopped_by")))
     return rows
 
 
@@ -273,13 +277,13 @@ def write_trials_csv(path: Path, rows: list[TrialRow], objective: str, param_nam
     out = io.StringIO(newline="")
     writer = csv.writer(out)
     writer.writerow(["number", "trial", "state", *param_names, objective, "interval_low", "interval_high",
-                     "vs_best", "epochs_run", "duration_s"])
+                     "vs_best", "epochs_run", "duration_s", "stopped_by"])
     for r in rows:
         low, high = r.interval or ("", "")
         writer.writerow([r.number, r.name, r.state, *(r.params.get(n, "") for n in param_names),
                          "" if r.objective is None else r.objective, low, high, r.vs_best or "",
                          (r.epochs or "").split("/")[0].split()[0] if r.epochs else "",
-                         "" if r.duration_s is None else round(r.duration_s, 1)])
+                         "" if r.duration_s is None else round(r.duration_s, 1), r.stopped_by or ""])
     atomic_write(path, out.getvalue())
     return path
 
@@ -336,6 +340,8 @@ def show_results(plan, study, keep_models: bool) -> None:
         preset = write_preset(plan.output_dir / "best.yaml", preset_flags(argv), [
             f"best trial {best.name} of Experiment {e.name}: {plan.objective}={best.objective:.4f}",
             f"written by trainer search; use: {use}",
+            f"early stopping: {plan.early_stopping}; {sum(r.stopped_by is not None for r in rows)} trials stopped "
+            "by it (trials.csv's stopped_by says which, at which rung or epoch)",
         ])
         say(f"preset: {preset}  ({use.split(' THIS_FILE')[0]} {preset} ...)")
         keep = [best.name]

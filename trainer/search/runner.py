@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.search import pruner as median
-from trainer.search import results
+from trainer.search import brackets, results, space
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
 from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, strategy_value,
                                       to_number)
@@ -139,8 +139,8 @@ def read_output(process: subprocess.Popen, log_path: Path, number: int, events: 
 
 
 def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gpu: str | None = None) -> Running | None:
-    rule = pruner.rule(study) if pruner else None  # Katib fixes the rule when it creates the trial
     trial = study.ask(plan.distributions)
+    space.on_trial_created(pruner, study, trial)  # Katib fixes medianstop's rule when it creates the trial
     # A rerun keeps its interrupted trial's name, so its folder: the trainer resumes from its checkpoint.
     name = trial.user_attrs.get("trial_name") or f"{plan.experiment.name}-{trial.number:03d}"
     argv = local_argv(plan, trial.params, name)
@@ -148,8 +148,6 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
     folder.mkdir(parents=True, exist_ok=True)
     attrs = {"trial_name": name, "search_host": socket.gethostname(), "search_pid": os.getpid(),
              "epochs_requested": parse_flags(argv).get("num_train_epochs")}  # what this trial runs, smoke or not
-    if rule is not None:
-        attrs[median.RULE_ATTR] = rule
     if gpu is not None:
         attrs["gpu"] = gpu
     for key, value in attrs.items():
@@ -194,14 +192,14 @@ def handle_line(plan: Plan, run: Running, text: str) -> None:
         number = to_number(value)
         if metric != plan.objective or number is None:
             continue
-        run.trial.report(number, run.steps)
         run.steps += 1
+        run.trial.report(number, run.steps)  # step = epoch number: a rung falls on the epoch it names
         say(f"[{run.name}] evaluation {run.steps}: {metric}={value}")
         if not run.stop and run.trial.should_prune():
-            rule = run.trial.user_attrs.get(median.RULE_ATTR)
-            say(f"[{run.name}] early stopped by medianstop: its best {metric} after {run.steps} evaluations is "
-                f"{'below' if plan.maximize else 'above'} {rule:.4f}, the mean of the succeeded trials' "
-                "early evaluations")
+            values = [to_number(v) for _, v in run.reports[metric] if to_number(v) is not None]
+            note = median.stop_note(run.trial.study.pruner, run.trial, values, plan.maximize)
+            run.trial.set_user_attr(median.STOPPED_BY_ATTR, note)
+            say(f"[{run.name}] early stopped by {note}")
             terminate(run, EARLY_STOPPED)
 
 
@@ -302,7 +300,8 @@ def recover(plan: Plan, study: optuna.Study) -> None:
     again = [t for t in trials if katib_state(t) == INTERRUPTED and t.number not in rerun]
     for trial in again:
         study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number,
-                                                      "trial_name": trial.user_attrs.get("trial_name")})
+                                                      "trial_name": trial.user_attrs.get("trial_name"),
+                                                      **brackets.rerun_attrs(trial)})
     done = counted(study)
     if done or again:
         say(f"  resuming: {len(done)} of {plan.max_trials} trials done earlier"

@@ -6,6 +6,7 @@ Experiment. Nothing here writes into a plan: what the local run cannot honour co
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 
@@ -16,10 +17,6 @@ from trainer.search import pruner as median
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.flags import format_value
-
-# The algorithms `trainer search` runs with an Optuna equivalent.
-LOCAL_ALGORITHMS = ("grid", "random", "tpe", "multivariate-tpe", "bayesianoptimization", "cmaes", "sobol")
-
 
 def distributions(e: ex.Experiment, grid: bool) -> dict:
     """Katib's Optuna service's distributions; a grid searches the exact Katib grid values."""
@@ -87,46 +84,76 @@ def ignored_settings(algorithm: ex.Algorithm) -> list[str]:
     return [f"algorithmSettings {', '.join(ignored)}: no equivalent in Optuna {optuna.__version__}, ignored locally"]
 
 
-def make_sampler(algorithm: ex.Algorithm, distributions: dict, parallel: int):
-    """The Optuna sampler Katib's suggestion service would use, with its algorithmSettings."""
-    samplers = optuna.samplers
-    a = algorithm
-    settings = dict(a.settings)
-    seed = setting(settings, "random_state", int)
-    if a.name == "grid":
-        return KatibGridSampler({name: d.choices for name, d in distributions.items()}, seed=seed)
-    if a.name == "random":
-        return samplers.RandomSampler(seed=seed)
-    if a.name == "tpe":
-        # Katib serves tpe with hyperopt, which samples its first batch (parallelTrialCount) at random
-        # and splits good trials by ceil(gamma * sqrt(n)); Optuna deprecates gamma and prior_weight
-        # (still honoured in this version), so they are passed only when the Experiment sets them.
-        extra = {}
-        if "gamma" in settings:
-            extra["gamma"] = hyperopt_gamma(setting(settings, "gamma", float))
-        if "prior_weight" in settings:
-            extra["prior_weight"] = setting(settings, "prior_weight", float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return samplers.TPESampler(seed=seed, multivariate=False, n_startup_trials=parallel,
-                                       constant_liar=True,
-                                       n_ei_candidates=setting(settings, "n_EI_candidates", int, 24), **extra)
-    if a.name == "multivariate-tpe":
-        return samplers.TPESampler(
-            seed=seed, multivariate=True, constant_liar=True,
-            n_startup_trials=setting(settings, "n_startup_trials", int, 10),
-            n_ei_candidates=setting(settings, "n_ei_candidates", int, 24))
-    if a.name == "cmaes":
-        require_module("cmaes", a.name)
-        return samplers.CmaEsSampler(seed=seed, sigma0=setting(settings, "sigma", float),
+def grid_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    return KatibGridSampler({name: d.choices for name, d in distributions.items()}, seed=seed)
+
+
+def random_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def tpe_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    # Katib serves tpe with hyperopt, which samples its first batch (parallelTrialCount) at random
+    # and splits good trials by ceil(gamma * sqrt(n)); Optuna deprecates gamma and prior_weight
+    # (still honoured in this version), so they are passed only when the Experiment sets them.
+    extra = {}
+    if "gamma" in settings:
+        extra["gamma"] = hyperopt_gamma(setting(settings, "gamma", float))
+    if "prior_weight" in settings:
+        extra["prior_weight"] = setting(settings, "prior_weight", float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=False, n_startup_trials=parallel,
+                                          constant_liar=True,
+                                          n_ei_candidates=setting(settings, "n_EI_candidates", int, 24), **extra)
+
+
+def multivariate_tpe_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True,
+        n_startup_trials=setting(settings, "n_startup_trials", int, 10),
+        n_ei_candidates=setting(settings, "n_ei_candidates", int, 24))
+
+
+def cmaes_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    require_module("cmaes", "cmaes")
+    return optuna.samplers.CmaEsSampler(seed=seed, sigma0=setting(settings, "sigma", float),
+                                        warn_independent_sampling=False)
+
+
+def gp_sampler(settings: dict, distributions: dict, parallel: int, seed):
+    require_module("scipy", "bayesianoptimization")
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=setting(settings, "n_initial_points", int, 10),
                                      warn_independent_sampling=False)
-    if a.name == "bayesianoptimization":
-        require_module("scipy", a.name)
-        return samplers.GPSampler(seed=seed, n_startup_trials=setting(settings, "n_initial_points", int, 10),
-                                  warn_independent_sampling=False)
+
+
+def sobol_sampler(settings: dict, distributions: dict, parallel: int, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return samplers.QMCSampler(qmc_type="sobol", seed=seed)
+        return optuna.samplers.QMCSampler(qmc_type="sobol", seed=seed)
+
+
+# Katib's algorithm name -> the Optuna sampler its suggestion service amounts to:
+# builder(algorithmSettings, distributions, parallelTrialCount, random_state).
+SAMPLERS = {
+    "grid": grid_sampler,
+    "random": random_sampler,
+    "tpe": tpe_sampler,
+    "multivariate-tpe": multivariate_tpe_sampler,
+    "bayesianoptimization": gp_sampler,
+    "cmaes": cmaes_sampler,
+    "sobol": sobol_sampler,
+    "hyperband": random_sampler,  # Katib's hyperband draws each new configuration at random (brackets.py)
+}
+# The algorithms `trainer search` runs with an Optuna equivalent.
+LOCAL_ALGORITHMS = tuple(SAMPLERS)
+
+
+def make_sampler(algorithm: ex.Algorithm, distributions: dict, parallel: int):
+    """The Optuna sampler Katib's suggestion service would use, with its algorithmSettings."""
+    settings = dict(algorithm.settings)
+    seed = setting(settings, "random_state", int)
+    return SAMPLERS[algorithm.name](settings, distributions, parallel, seed)
 
 
 def require_module(module: str, algorithm: str) -> None:
@@ -136,8 +163,71 @@ def require_module(module: str, algorithm: str) -> None:
         raise UsageError(f"algorithm {algorithm} needs the {module} package here: pip install {module}")
 
 
-def make_pruner(e: ex.Experiment) -> median.MedianStopPruner | None:
-    if e.early_stopping is None:
-        return None
-    return median.from_settings(e.early_stopping.settings)  # check allows medianstop only
+# Early stopping of the local search: `trainer search --early_stopping RULE`. Katib has only
+# medianstop; asha (Optuna's SuccessiveHalvingPruner) is a local choice.
+EARLY_STOPPING_RULES = ("medianstop", "asha", "none")
+# The rule when --early_stopping is not given: "experiment" = the Experiment's own earlyStopping
+# (its medianstop, or none without one), what Katib runs with the same file. The benchmark
+# (trainer bench search) decides whether "asha" should replace it.
+DEFAULT_EARLY_STOPPING = "experiment"
 
+
+def early_stopping_rule(e: ex.Experiment, rule: str | None = None) -> str:
+    """The rule that runs: one of EARLY_STOPPING_RULES."""
+    rule = DEFAULT_EARLY_STOPPING if rule in (None, "") else str(rule)
+    if rule == "experiment":
+        return "medianstop" if e.early_stopping is not None else "none"
+    if rule not in EARLY_STOPPING_RULES:
+        match = difflib.get_close_matches(rule, EARLY_STOPPING_RULES, n=1, cutoff=0.6)
+        hint = f"did you mean {match[0]}? " if match else ""
+        raise UsageError(f"--early_stopping={rule!r} is not a rule: {hint}"
+                         f"use one of {', '.join(EARLY_STOPPING_RULES)}")
+    return rule
+
+
+def medianstop_pruner(e: ex.Experiment) -> median.MedianStopPruner:
+    """The Experiment's medianstop settings; Katib's defaults where it has no earlyStopping."""
+    return median.from_settings(e.early_stopping.settings if e.early_stopping is not None else {})
+
+
+def asha_pruner(e: ex.Experiment) -> optuna.pruners.SuccessiveHalvingPruner:
+    # Rungs at ASHA_MIN_RESOURCE * eta^k steps; the runner reports step = epoch number (1, 2, ...),
+    # so the rungs fall after epochs 1, 3, 9, ...
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=median.ASHA_MIN_RESOURCE,
+                                                  reduction_factor=median.ASHA_REDUCTION_FACTOR,
+                                                  min_early_stopping_rate=0, bootstrap_count=0)
+
+
+# Early-stopping rule -> builder(Experiment) of its Optuna pruner (None: no stopping).
+PRUNERS = {"medianstop": medianstop_pruner, "asha": asha_pruner, "none": lambda e: None}
+
+
+def make_pruner(e: ex.Experiment, rule: str | None = None):
+    """The pruner for `rule` (None: DEFAULT_EARLY_STOPPING); None where nothing is stopped.
+    Report to it with step = epoch number (the evaluation after epoch k is step k), and call
+    on_trial_created() for every trial study.ask() gives."""
+    return PRUNERS[early_stopping_rule(e, rule)](e)
+
+
+def on_trial_created(pruner, study: optuna.Study, trial: optuna.Trial) -> None:
+    """What the pruner fixes when a trial is created: medianstop's rule (Katib computes it when it
+    creates the trial and the collector compares against that frozen value)."""
+    if isinstance(pruner, median.MedianStopPruner):
+        rule = pruner.rule(study)
+        if rule is not None:
+            trial.set_user_attr(median.RULE_ATTR, rule)
+
+
+def describe_early_stopping(e: ex.Experiment, rule: str) -> str:
+    """The plan's words for the rule that runs, and what Katib runs with the same file."""
+    katib = "its medianstop" if e.early_stopping is not None else "no early stopping"
+    if rule == "asha":
+        rungs = ", ".join(str(median.rung_epochs(k)) for k in (1, 2, 3))
+        return (f"early stopping asha (successive halving: rungs after {rungs}, ... epochs, 1 in "
+                f"{median.ASHA_REDUCTION_FACTOR} goes on; a local rule: on Katib the same file uses {katib})")
+    if rule == "none":
+        return "no early stopping" + (" (on Katib the same file uses its medianstop)" if e.early_stopping else "")
+    if e.early_stopping is None:
+        return ("early stopping medianstop (Katib's defaults; on Katib the same file runs without early "
+                "stopping)")
+    return "early stopping medianstop (the Experiment's, as on Katib)"

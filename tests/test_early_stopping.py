@@ -1,0 +1,121 @@
+"""The local search's early-stopping rules: asha's rungs fall on the epochs they name (step =
+epoch number), the rule is picked by name with Katib's medianstop as the Experiment's own."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from test_search import fake_trainer as fake_trainer_fixture
+from test_search import load, states
+
+from trainer.errors import UsageError
+from trainer.experiment import spec as ex
+from trainer.search import pruner as median
+from trainer.search import command as search
+from trainer.search import space
+
+fake_trainer = fake_trainer_fixture  # the `trainer` stand-in on PATH: rouge_avg = lr + 0.01 * epoch
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "manifests" / "experiments"
+
+
+def experiment(early_stopping: bool = True) -> ex.Experiment:
+    document = yaml.safe_load((MANIFESTS / "tpe.yaml").read_text())
+    if not early_stopping:
+        document["spec"].pop("earlyStopping", None)
+    else:
+        document["spec"]["earlyStopping"] = {"algorithmName": "medianstop", "algorithmSettings": [
+            {"name": "min_trials_required", "value": "2"}, {"name": "start_step", "value": "3"}]}
+    return ex.parse_experiment(document, "test.yaml")
+
+
+def run_trial(study, pruner, values: list[float]) -> int | None:
+    """Report values after epochs 1, 2, ... as the runner does; the epoch it was stopped at, or None."""
+    trial = study.ask()
+    space.on_trial_created(pruner, study, trial)
+    for epoch, value in enumerate(values, 1):
+        trial.report(value, step=epoch)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, values[-1])
+    return None
+
+
+def test_asha_judges_at_epochs_1_3_9():
+    pruner = space.make_pruner(experiment(), "asha")
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    assert run_trial(study, pruner, [0.9] * 9) is None  # the first trial goes through every rung
+    assert run_trial(study, pruner, [0.1, 0.95, 0.95]) == 1  # worse at rung 1 (after epoch 1)
+    # better at rung 1, bad at epoch 2 (not a rung: not judged), worse than 0.9 at rung 2 = epoch 3
+    assert run_trial(study, pruner, [0.95, 0.2, 0.3, 0.99]) == 3
+    # rung 2 (epoch 3) now has 0.9, 0.3, 0.95: the top third (0.95) goes on; at rung 3 (epoch 9)
+    # 0.92 beats trial 0's 0.9
+    assert run_trial(study, pruner, [0.95, 0.95, 0.95, 0.1, 0.1, 0.1, 0.1, 0.1, 0.92, 0.5]) is None
+    assert [median.asha_rung(e) for e in (1, 2, 3, 8, 9, 27)] == [1, 1, 2, 2, 3, 4]
+    assert [median.rung_epochs(r) for r in (1, 2, 3)] == [1, 3, 9]
+
+
+def test_stop_note_names_the_rule_and_rung():
+    pruner = space.make_pruner(experiment(), "asha")
+    assert median.stop_note(pruner, None, [0.5, 0.4, 0.3], True) == "asha: stopped at rung 2 (3 epochs)"
+    assert median.stop_note(pruner, None, [0.5], True) == "asha: stopped at rung 1 (1 epoch)"
+
+
+def test_medianstop_rule_is_frozen_at_creation_and_judges_from_start_step():
+    pruner = space.make_pruner(experiment())  # the default: the Experiment's own medianstop
+    assert isinstance(pruner, median.MedianStopPruner) and (pruner.min_trials_required, pruner.start_step) == (2, 3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    assert run_trial(study, pruner, [0.2, 0.4, 0.6, 0.8]) is None
+    assert run_trial(study, pruner, [0.4, 0.6, 0.8, 1.0]) is None
+    trial = study.ask()
+    space.on_trial_created(pruner, study, trial)
+    rule = ((0.2 + 0.4 + 0.6) / 3 + (0.4 + 0.6 + 0.8) / 3) / 2  # mean of the first start_step averages
+    assert trial.user_attrs[median.RULE_ATTR] == pytest.approx(rule)
+    for epoch, value in enumerate([0.1, 0.2, 0.3], 1):
+        trial.report(value, step=epoch)
+        assert trial.should_prune() == (epoch == 3)  # judged from the 3rd evaluation on
+
+
+def test_rules_by_name():
+    assert space.make_pruner(experiment(early_stopping=False)) is None  # no earlyStopping: nothing stopped
+    assert isinstance(space.make_pruner(experiment(early_stopping=False), "asha"),
+                      optuna.pruners.SuccessiveHalvingPruner)
+    katib_defaults = space.make_pruner(experiment(early_stopping=False), "medianstop")
+    assert (katib_defaults.min_trials_required, katib_defaults.start_step) == (3, 4)
+    assert space.make_pruner(experiment(), "none") is None
+    with pytest.raises(UsageError, match=r"'asah' is not a rule: did you mean asha\? use one of medianstop, asha, none"):
+        space.make_pruner(experiment(), "asah")
+
+
+def test_smoke_search_with_asha_says_which_trials_stopped_at_which_rung(tmp_path, fake_trainer, capsys):
+    out = tmp_path / "out"
+    search.search(str(MANIFESTS / "tpe.yaml"), smoke=True, parallel=1, output_dir=str(out), early_stopping="asha")
+    printed = capsys.readouterr().out
+    assert "early stopping asha (successive halving: rungs after 1, 3, 9, ... epochs, 1 in 3 goes on; a local " \
+           "rule: on Katib the same file uses its medianstop)" in printed
+    study = load(out, "kobart-tpe")
+    stopped = [t for t, state in zip(study.trials, states(study)) if state == "EarlyStopped"]
+    assert stopped and len(stopped) < len(study.trials)  # the first trial always goes on
+    rows = {row["trial"]: row for row in csv.DictReader((out / "trials.csv").open(encoding="utf-8"))}
+    for trial in study.trials:
+        name, epochs = trial.user_attrs["trial_name"], sorted(trial.intermediate_values)
+        assert epochs == list(range(1, len(epochs) + 1))  # step = epoch number
+        if trial not in stopped:
+            assert rows[name]["stopped_by"] == ""
+            continue
+        # judged only at a rung's epoch (1 or 3), and stopped there: never after epoch 2
+        rung = {1: 1, 3: 2}[len(epochs)]
+        note = f"asha: stopped at rung {rung} ({len(epochs)} epoch{'s' if rung > 1 else ''})"
+        assert trial.user_attrs[median.STOPPED_BY_ATTR] == rows[name]["stopped_by"] == note
+        assert re.search(rf"^{trial.number}\s+{name}\s+EarlyStopped\s.*{re.escape(note)}", printed, re.M)
+        # it was worse than every earlier trial at that rung (one in three goes on; below 3, the best)
+        earlier = [t.intermediate_values[len(epochs)] for t in study.trials[:trial.number]
+                   if len(epochs) in t.intermediate_values]
+        assert trial.intermediate_values[len(epochs)] < max(earlier)
+    assert "early stopping: asha" in (out / "best.yaml").read_text()
