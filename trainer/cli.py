@@ -40,9 +40,11 @@ SUBCOMMANDS = {
     "bench": ("trainer.bench.command:bench", "bench", "where a trial's time goes, ours against the baseline"),
     "bench search": ("trainer.bench.search:bench_search", "bench search",
                      "how many trial-epochs grid, random and TPE spend to reach the grid's best"),
+    "bench search record": ("trainer.bench.record:record", "bench search record",
+                            "train a grid, every epoch evaluated: the learning-curve table bench search replays"),
 }
 # The pyproject extra that brings each subcommand's own packages (the image carries only a trial's).
-EXTRAS = {"search": "search", "bench search": "search"}  # katib: cluster/kube.py says it where it connects
+EXTRAS = {"search": "search", "bench search": "search", "bench search record": "search"}  # katib: cluster/kube.py says it where it connects
 HELP_FLAGS = {"help", "h", "helpfull", "trace", "verbose", "interactive", "separator"}
 # Launchers' variables: torchrun/accelerate/deepspeed start one process per rank, each printing every metric line.
 LAUNCHER_VARIABLES = ("WORLD_SIZE", "LOCAL_WORLD_SIZE")
@@ -108,7 +110,7 @@ def did_you_mean(word: str, choices) -> str:
 
 def find_subcommand(argv: list[str]) -> str | None:
     """The SUBCOMMANDS key argv starts with, the longest first (`bench search` before `bench`)."""
-    for words in (2, 1):
+    for words in (3, 2, 1):
         key = " ".join(argv[:words])
         if len(argv) >= words and key in SUBCOMMANDS:
             return key

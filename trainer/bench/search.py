@@ -1,6 +1,8 @@
-"""`trainer bench search`: how fast grid, random and multivariate-tpe reach the grid's best.
+"""`trainer bench search`: how fast search strategies reach the grid's best. By default the
+strategies are replayed over a recorded learning-curve table (bench/replay.py); with --live,
+real searches run, as below.
 
-Every search is a real `trainer search --smoke` of one Experiment (manifests/experiments/grid.yaml
+Every --live search is a real `trainer search --smoke` of one Experiment (manifests/experiments/grid.yaml
 with the axes below) on the built-in task: builtin:tiny on builtin:sample, a fifth of each trial's
 epochs. The grid runs all its points without early stopping; its best rouge_avg and its trial-epochs
 (evaluations run, summed over trials) are the reference. Random and multivariate-tpe run with
@@ -137,21 +139,41 @@ def draw_plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-def bench_search(output: str = "bench-search.json", seeds: int = 3, quick: bool = False, plot: str = "") -> None:
-    """Trial-epochs that random and multivariate-tpe (with medianstop) spend to get within 0.01 of
-    the grid's best rouge_avg, over the grid's own trial-epochs, on the built-in task.
+def bench_search(table: str = "", output: str = "bench-search.json", plot: str = "", seeds: int = 0,
+                 live: bool = False, quick: bool = False) -> None:
+    """How many trial-epochs each search strategy spends to come within eps of the grid's best:
+    the project's samplers and pruners replayed over a recorded learning-curve table (in seconds),
+    or with --live real searches of the built-in task.
 
     Args:
-        output: JSON file for the figures ({"grid", "runs", "ratios": {"random": r, "multivariate-tpe": t}})
-        seeds: runs of each algorithm (their random_state: 1, 2, ...)
-        quick: a 3x2x2 grid instead of 5x2x2, and at most 2 seeds
-        plot: PNG of the best rouge_avg reached per trial-epochs spent, every run (default: none)
+        table: the learning-curve table to replay (default: the built-in task's, trainer/bench/tables/builtin.json;
+            record one with `trainer bench search record`)
+        output: JSON file for the figures ({"strategies": {NAME: {"median", "p90", "p_reach", ...}}, "eps", "default", ...})
+        plot: PNG of the best rouge_avg reached per trial-epochs spent, per strategy (default: none)
+        seeds: runs per strategy (default: 100 replayed, 3 live)
+        live: real `trainer search --smoke` runs of grid, random and multivariate-tpe instead of the replay
+        quick: with --live, a 3x2x2 grid instead of 5x2x2, and at most 2 seeds
     """
-    seeds = number_flag(seeds, "seeds")
+    if seeds:  # 0: each mode's own default (100 replayed, 3 live)
+        seeds = number_flag(seeds, "seeds")
     if not str(output).endswith(".json"):
         raise UsageError(f"--output={output!r}: give a .json path")
     if plot and not str(plot).endswith(".png"):
         raise UsageError(f"--plot={plot!r}: give a .png path")
+    if live:
+        if table:
+            raise UsageError("--table replays a recorded table; --live runs real searches: give one of them")
+        bench_live(output, seeds or 3, quick, plot)
+        return
+    if quick:
+        raise UsageError("--quick belongs to --live (the replay takes seconds)")
+    from trainer.bench import replay_command
+
+    replay_command.run(table, output, plot, seeds or None)
+
+
+def bench_live(output: str, seeds: int, quick: bool, plot: str) -> None:
+    """Real searches on the built-in task, one smoke `trainer search` per algorithm and seed."""
     if not GRID_YAML.is_file():  # an installed package has no manifests/
         raise UsageError(f"{GRID_YAML}: not found; run trainer bench search from a clone of the repository")
     axes = QUICK_AXES if quick else AXES
