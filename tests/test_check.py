@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainer.errors import UsageError
 from trainer.experiment import check as check_module
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
-from trainer.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "manifests" / "experiments"
@@ -439,7 +439,6 @@ def test_trial_args_substitutes_parameters_and_meta_keys():
     assert not any("${" in arg for arg in argv)
     with pytest.raises(UsageError, match="no value for parameter 'optim'"):
         ex.trial_args(e, {k: v for k, v in values.items() if k != "optim"}, "t")
-
 
 
 def test_grid_points_match_katib():

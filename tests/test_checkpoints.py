@@ -102,8 +102,8 @@ def test_revision_reaches_every_from_pretrained(monkeypatch):
     """A hub id with --revision: config, tokenizer and weights are all asked for that revision."""
     import transformers
 
-    from trainer.run import model
     from trainer.errors import UsageError
+    from trainer.run import model
     from trainer.run.config import build_config
 
     asked = []

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from scipy import stats
 
+from trainer.cluster import confirm as cluster_confirm
 from trainer.errors import UsageError
 from trainer.experiment import check
 from trainer.experiment import spec as ex
 from trainer.flags import parse_flags
 from trainer.search import command as search
-from trainer.cluster import confirm as cluster_confirm
 from trainer.search import confirm
 from trainer.search.results import TrialRow
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from test_search import fake_trainer as fake_trainer_fixture
-from test_search import discrete, load, states, write_experiment
 
+from test_search import discrete, load, states, write_experiment
+from test_search import fake_trainer as fake_trainer_fixture
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.search import pruner as median
 from trainer.search import command as search
+from trainer.search import pruner as median
 from trainer.search import space
 
 fake_trainer = fake_trainer_fixture  # the `trainer` stand-in on PATH: rouge_avg = lr + 0.01 * epoch

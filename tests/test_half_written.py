@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from test_search import discrete, fake_trainer, write_experiment  # noqa: F401 (fake_trainer is a fixture)
 from trainer.run import builtin, files
 from trainer.run.config import build_config
 from trainer.run.data import Split, tokenized
 from trainer.run.model import load_tokenizer
 from trainer.run.records import keep_records_of_checkpoint, read_records
-
-from test_search import discrete, fake_trainer, write_experiment  # noqa: F401 (fake_trainer is a fixture)
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from test_search import fake_trainer as fake_trainer_fixture
 from test_search import load, write_experiment
-
 from trainer.errors import UsageError
 from trainer.experiment import check
 from trainer.experiment import spec as ex
@@ -142,8 +142,9 @@ def test_hyperband_refuses_asha(tmp_path, fake_trainer):
 
 
 def test_queue_waits_for_the_rung_below_and_an_interrupted_trials_rerun_keeps_its_rung():
-    import optuna
     from types import SimpleNamespace
+
+    import optuna
 
     hb = brackets.Hyperband(3, 3, "num_train_epochs", tuple(hyperband.schedule(3, 3)))
     assert [(r.trials, r.resource) for r in hb.rungs] == [(3, 1), (1, 3), (2, 3)]  # s_max 1: ceil(2*3/2), ...

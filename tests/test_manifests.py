@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from trainer import cli
-from trainer.flags import parse_flags
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
+from trainer.flags import parse_flags
 from trainer.run.config import FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from trainer.run import builtin
 from trainer.errors import UsageError
+from trainer.run import builtin
 from trainer.run.model import load_tokenizer
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]

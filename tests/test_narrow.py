@@ -3,7 +3,6 @@ study (`trainer search --narrow`) and from a Katib Experiment (`trainer katib na
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 

@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from test_search import fake_trainer, load, write_experiment  # noqa: F401 (fake_trainer is a fixture)
-from trainer.search import plan as search_plan
-from trainer.search import results, command as search
 from trainer.run import train
+from trainer.search import command as search
+from trainer.search import plan as search_plan
+from trainer.search import results
 
 ROOT = Path(__file__).resolve().parents[1]
 

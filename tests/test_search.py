@@ -22,17 +22,17 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from trainer.run import config
-from trainer.search import plan as search_plan
-from trainer.search import runner, command as search
-from trainer.search import space as search_space
-from trainer.search import study as search_study
+from trainer.errors import UsageError
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
-from trainer.search import pruner as median
-from trainer.search import results
-from trainer.errors import UsageError
 from trainer.flags import format_value, parse_assignments, parse_flags
+from trainer.run import config
+from trainer.search import command as search
+from trainer.search import plan as search_plan
+from trainer.search import pruner as median
+from trainer.search import results, runner
+from trainer.search import space as search_space
+from trainer.search import study as search_study
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests" / "experiments"

@@ -8,11 +8,12 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from test_search import MANIFESTS, discrete, load, write_experiment
 from test_search import fake_trainer as fake_trainer_fixture
-
 from trainer.errors import UsageError
-from trainer.search import noise, results, command as search
+from trainer.search import command as search
+from trainer.search import noise, results
 from trainer.search import plan as search_plan
 
 fake_trainer = fake_trainer_fixture  # the same `trainer` stand-in on PATH

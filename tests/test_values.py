@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.experiment import check as check_module
 from trainer.errors import UsageError
+from trainer.experiment import check as check_module
 from trainer.run.config import build_config, check_output_dir
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]

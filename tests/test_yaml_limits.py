@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainer.errors import UsageError
 from trainer.experiment import check as check_module
-from trainer.experiment.check_space import check_grid
-from trainer.experiment.check_trial import check_collector
-from trainer.experiment.findings import Report
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import safe_yaml
 from trainer.experiment import spec as ex
-from trainer.errors import UsageError
+from trainer.experiment.check_space import check_grid
+from trainer.experiment.check_trial import check_collector
+from trainer.experiment.findings import Report
 from trainer.run.report import KATIB_DEFAULT_FILTER, parse_line
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,6 @@ import sys
 import time
 
 
-
 def peak_memory() -> dict:
     import torch
 

@@ -19,8 +19,8 @@ from trainer.experiment.vocabulary import SUCCEEDED
 from trainer.flags import number_flag, parse_flags, with_flags
 from trainer.run import config
 from trainer.search import narrow
-from trainer.search.results import docker_line, preset_flags, write_preset
 from trainer.search.confirm import STUDY_SUFFIX, Configuration, compare, new_seeds, show
+from trainer.search.results import docker_line, preset_flags, write_preset
 
 ANNOTATION = "trainer.search/confirms-trial"  # on each generated Experiment: the search trial it reruns
 

@@ -21,11 +21,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trainer.experiment import spec as ex
-from trainer.experiment import vocabulary as vocab
 from trainer.cluster import kube
 from trainer.console import print_error
 from trainer.errors import UsageError
+from trainer.experiment import spec as ex
+from trainer.experiment import vocabulary as vocab
 from trainer.flags import number_flag, parse_flags
 from trainer.run.config import PRESETS
 

@@ -141,7 +141,6 @@ SHAPES = {"objective": dict, "algorithm": dict, "earlyStopping": dict, "paramete
           "trialTemplate": dict, "metricsCollectorSpec": dict}
 
 
-
 def check_shapes(e: ex.Experiment, report: Report) -> None:
     """Fields of the wrong YAML type (Katib's typed decoding rejects them; the parser skips them)."""
     spec = e.raw.get("spec")
@@ -161,7 +160,6 @@ def check_shapes(e: ex.Experiment, report: Report) -> None:
         report.problem("spec.trialTemplate.trialSpec", "must be a mapping (a batch/v1 Job)")
 
 
-
 def check_name(e: ex.Experiment, report: Report) -> None:
     if not e.name:
         report.problem("metadata.name", "missing")
@@ -171,7 +169,6 @@ def check_name(e: ex.Experiment, report: Report) -> None:
     elif len(e.name) > vocab.MAX_NAME_LENGTH:
         report.problem("metadata.name", f"{e.name!r} has {len(e.name)} characters (at most {vocab.MAX_NAME_LENGTH}: "
                                         "Katib derives trial and pod names from it)")
-
 
 
 def check_counts(e: ex.Experiment, report: Report) -> None:

@@ -14,8 +14,6 @@ from trainer.experiment.findings import Report
 from trainer.flags import format_value
 
 
-
-
 def check_parameters(e: ex.Experiment, report: Report) -> None:
     if not e.parameters and not ex.written(e, "parameters"):
         report.problem("spec.parameters", "missing (nothing to search)")

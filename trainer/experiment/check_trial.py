@@ -15,8 +15,14 @@ from trainer.experiment.check_job import check_pod_failure_policy
 from trainer.experiment.findings import Report
 from trainer.flags import flag_name, parse_flags
 from trainer.run.config import COMMAND_FLAGS, PRESETS, build_config, unknown_flag_message
-from trainer.run.report import (FILTER_TIMEOUT_S, FINAL_METRIC_NAMES, METRIC_NAMES, filter_matches,
-                                format_metric_line, parse_line)
+from trainer.run.report import (
+    FILTER_TIMEOUT_S,
+    FINAL_METRIC_NAMES,
+    METRIC_NAMES,
+    filter_matches,
+    format_metric_line,
+    parse_line,
+)
 
 # Every epoch's names, then the end-of-run line's (whole-set figures under --epoch_eval_samples).
 PRINTED = METRIC_NAMES + FINAL_METRIC_NAMES

@@ -52,12 +52,10 @@ def grid_axis(parameter: Parameter) -> list[str]:
     raise UsageError(f"parameter {parameter.name}: unknown parameterType {kind!r}")
 
 
-
 def refuse_big_axis(parameter: Parameter, size: float) -> None:
     if size > MAX_GRID_POINTS:
         raise UsageError(f"parameter {parameter.name}: a grid axis of {size:.3g} values (at most {MAX_GRID_POINTS}; "
                          "a larger step, or a discrete list)")
-
 
 
 def grid_points(experiment: Experiment) -> list[dict[str, str]]:

@@ -26,7 +26,6 @@ def load_documents(text: str, source: str) -> list:
         loader.dispose()
 
 
-
 def expanded_size(root, source: str) -> int:
     """Nodes in the document once every alias is replaced by a copy of what it names; UsageError when
     that exceeds MAX_YAML_NODES or an alias refers to a node that contains it. Each node is sized once
@@ -53,7 +52,6 @@ def expanded_size(root, source: str) -> int:
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in sizes)
     return sizes[id(root)]
-
 
 
 def node_children(node) -> list:

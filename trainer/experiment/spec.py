@@ -400,7 +400,6 @@ def active_deadline_s(experiment: Experiment) -> float | None:
     return float(deadline) if isinstance(deadline, (int, float)) and not isinstance(deadline, bool) and deadline > 0 else None
 
 
-
 def katib_container_command(e: Experiment, argv: list[str], metrics_dir: str = "/var/log/katib") -> list[str]:
     """The command Katib's metrics-collector webhook gives the training container under the StdOut
     collector (pkg/webhook/v1beta1/pod/utils.go: wrapWorkerContainer, getEarlyStoppingCommand,

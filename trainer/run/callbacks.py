@@ -99,7 +99,6 @@ def make_callbacks(config: TrainConfig, metrics_path: Path, sigterm: dict, evalu
     return callbacks
 
 
-
 def wandb_records(config: TrainConfig):
     """After transformers' WandbCallback has started the run: the config says warmup_ratio (the Trainer
     takes the ratio as warmup_steps=0.1, and the run showed only that) with the steps it came to, and
@@ -143,7 +142,6 @@ def announced_early_stopping(config: TrainConfig, stopped: dict):
                             "(--early_stopping_patience 0 trains every epoch)", sys.stderr)
 
     return AnnouncedEarlyStopping(early_stopping_patience=config.early_stopping_patience)
-
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.run import builtin
 from trainer.errors import UsageError, first_line
+from trainer.run import builtin
 from trainer.run.config import TrainConfig
 from trainer.run.files import full_disk_is_one_line
 

@@ -21,14 +21,20 @@ import time
 from pathlib import Path
 
 from trainer.console import fail
-from trainer.run import report
 from trainer.errors import UsageError
+from trainer.run import report
 from trainer.run.config import DECODING_FLAGS, TrainConfig, build_config, command_signature, help_text
 from trainer.run.data import Split, encode, find_tags, load_eval_split
-from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, resolve_model_path,
-                               set_decoding)
-from trainer.run.rouge import check_references, clean_prediction, mean_rouge, per_example_rouge
 from trainer.run.evaluation import eval_order, write_predictions
+from trainer.run.model import (
+    check_lengths,
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    resolve_model_path,
+    set_decoding,
+)
+from trainer.run.rouge import check_references, clean_prediction, mean_rouge, per_example_rouge
 from trainer.run.train import EXIT_DIVERGED, quiet_libraries
 
 # Lengths that bound what is read and generated here (decoder_max_len only shapes training labels).

@@ -27,12 +27,10 @@ def spread(n: int, k: int) -> list[int]:
     return [i * n // k for i in range(k)]
 
 
-
 def eval_order(lengths: list[int], indices, by_length: bool) -> list[int]:
     """The order to evaluate `indices` in: longest first when by_length (batches of similar length
     need little padding; a batch too big for memory fails at once), else as given."""
     return sorted(indices, key=lambda i: -lengths[i]) if by_length else list(indices)
-
 
 
 class Evaluation:
@@ -71,7 +69,6 @@ class Evaluation:
             self.kept = (step, score, self.predictions, self.scores)
 
 
-
 def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int], records: list[dict],
                      num_beams: int):
     """The kept model (the best checkpoint, loaded at the end of training) on every evaluation
@@ -94,7 +91,6 @@ def final_evaluation(trainer, evaluation: Evaluation, dataset, order: list[int],
                   for name in report.METRIC_NAMES}
         predictions, scores = evaluation.predictions, evaluation.scores
     return record, {report.FINAL_PREFIX + name: value for name, value in values.items()}, predictions, scores
-
 
 
 def write_predictions(path: Path, split: Split, predictions: list[str], scores: list[dict] | None = None) -> None:

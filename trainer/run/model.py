@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.run import builtin
 from trainer.errors import UsageError, first_line
+from trainer.run import builtin
 from trainer.run.config import TrainConfig
 
 # BART's learned positions keep 2 slots for an offset: 1026 positions -> 1024 tokens in.

@@ -14,9 +14,7 @@ from trainer.run import report
 from trainer.run.config import TrainConfig
 from trainer.run.files import atomic_write
 
-
 INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"  # transformers' JIT checkpoint, removed once saved
-
 
 
 def checkpoint_damage(folder: Path) -> str:
@@ -33,7 +31,6 @@ def checkpoint_damage(folder: Path) -> str:
     if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
         return "no model weights"
     return ""
-
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -58,7 +55,6 @@ def last_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-
 def read_records(metrics_path: Path) -> list[dict]:
     """The records of metrics.jsonl; a line a kill cut short (it cannot be parsed) is dropped with a
     warning: its evaluation runs again on resume, or the run ends with the records before it."""
@@ -77,7 +73,6 @@ def read_records(metrics_path: Path) -> list[dict]:
     return records
 
 
-
 def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     """Drop records of evaluations the checkpoint does not contain (they run again on resume).
 
@@ -86,7 +81,6 @@ def keep_records_of_checkpoint(metrics_path: Path, checkpoint: Path) -> None:
     evaluated = {entry["step"] for entry in state.get("log_history", []) if "eval_loss" in entry}
     kept = [r for r in read_records(metrics_path) if r["step"] in evaluated]
     atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
 
 
 def reprint_records(metrics_path: Path) -> None:
@@ -99,7 +93,6 @@ def reprint_records(metrics_path: Path) -> None:
     for r in records:
         values = {name: r[name] for name in report.METRIC_NAMES}
         report.emit(report.format_metric_line(values, r["epoch"], report.parse_timestamp(r["timestamp"])))
-
 
 
 def write_summary(path: Path, config: TrainConfig, records: list[dict], runtime: float, extra: dict) -> None:

@@ -17,19 +17,38 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.console import fail, warn
-from trainer.run import report
 from trainer import install_hint
+from trainer.console import fail, warn
 from trainer.errors import UsageError
+from trainer.run import report
+from trainer.run.callbacks import (
+    TrainingDiverged,
+    make_callbacks,
+    settle_output,
+    sigterm_when_parent_dies,
+    watch_sigterm,
+)
 from trainer.run.config import TrainConfig, check_output_dir, cpu_count
 from trainer.run.data import find_tags, load_splits, references_passed, tokenized
-from trainer.run.files import full_disk_is_one_line
-from trainer.run.model import (check_lengths, load_model, load_model_config, load_tokenizer, set_dropout,
-                               resolve_model_path, set_decoding)
-from trainer.run.rouge import check_references
-from trainer.run.callbacks import TrainingDiverged, make_callbacks, settle_output, sigterm_when_parent_dies, watch_sigterm
 from trainer.run.evaluation import Evaluation, epoch_beams, eval_order, final_evaluation, spread, write_predictions
-from trainer.run.records import keep_records_of_checkpoint, last_checkpoint, read_records, reprint_records, write_summary
+from trainer.run.files import full_disk_is_one_line
+from trainer.run.model import (
+    check_lengths,
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    resolve_model_path,
+    set_decoding,
+    set_dropout,
+)
+from trainer.run.records import (
+    keep_records_of_checkpoint,
+    last_checkpoint,
+    read_records,
+    reprint_records,
+    write_summary,
+)
+from trainer.run.rouge import check_references
 
 EXIT_DIVERGED = 1
 EXIT_SIGTERM = 143

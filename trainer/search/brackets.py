@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution, CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from trainer.console import say

@@ -20,16 +20,16 @@ import optuna
 
 from trainer.console import say
 from trainer.errors import UsageError, first_line
-from trainer.search import gpus as devices
-from trainer.search import brackets, results, space
+from trainer.flags import parse_assignments
+from trainer.run import config
+from trainer.search import brackets, results, space, workers
 from trainer.search import confirm as confirming
+from trainer.search import gpus as devices
 from trainer.search import narrow as narrowing
-from trainer.search import workers
 from trainer.search.plan import Plan, make_plan, show_plan
 from trainer.search.runner import Running, Terminated, finish, pump, recover, signals_raise, start_trial, stop_all
 from trainer.search.study import counted, lock_study, open_study, stop_message, stop_reason
-from trainer.flags import parse_assignments
-from trainer.run import config
+
 
 def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="", set=None,
            output_dir="", keep_models=False, gpus=None, trials_per_gpu=None, early_stopping=None, narrow="",

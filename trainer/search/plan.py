@@ -18,13 +18,13 @@ from pathlib import Path
 from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment import check
-from trainer.search import brackets, hyperband, space, workers
-from trainer.search import gpus as devices
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.experiment import vocabulary as vocab
 from trainer.flags import number_flag, parse_flags, with_flags
 from trainer.run import builtin, config
+from trainer.search import brackets, hyperband, space, workers
+from trainer.search import gpus as devices
 
 SMOKE_MAX_TRIALS = 4
 SMOKE_EPOCH_DIVISOR = 5
@@ -366,7 +366,6 @@ def smoke_flags(plan: Plan) -> dict[str, str]:
     (a decoding search's num_beams stays searched)."""
     accepted, searched = config.COMMAND_FLAGS[trial_command(plan)], searched_flags(plan.experiment)
     return {k: v for k, v in SMOKE_FLAGS.items() if k in accepted and k not in searched}
-
 
 
 def smoke_epochs(epochs: float) -> int:

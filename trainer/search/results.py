@@ -20,8 +20,8 @@ from pathlib import Path
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.flags import format_value, parse_flags, with_flags
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED, WITH_OBJECTIVE
+from trainer.flags import format_value, parse_flags, with_flags
 from trainer.run import config
 from trainer.run.files import atomic_write
 

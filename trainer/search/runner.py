@@ -27,14 +27,22 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainer.console import say, warn
 from trainer.errors import UsageError
-from trainer.search import pruner as median
-from trainer.search import brackets, results, space, workers
-from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
-from trainer.search.study import (INTERRUPTED, counted, katib_order, katib_state, record, set_hidden,
-                                      strategy_value, to_number)
 from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, FINISHED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags
 from trainer.run import report
+from trainer.search import brackets, results, space, workers
+from trainer.search import pruner as median
+from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
+from trainer.search.study import (
+    INTERRUPTED,
+    counted,
+    katib_order,
+    katib_state,
+    record,
+    set_hidden,
+    strategy_value,
+    to_number,
+)
 
 STOP_GRACE_S = 30.0  # SIGTERM makes the trainer save a checkpoint, which takes a few seconds
 LEFTOVER_GRACE_S = 5.0
@@ -313,7 +321,6 @@ def stop_all(plan: Plan, study: optuna.Study, running: dict[int, Running], event
         while running:
             for number, code in pump(plan, running, events):
                 finish(plan, study, running.pop(number), code)
-
 
 
 def recover(plan: Plan, study: optuna.Study) -> None:

@@ -14,10 +14,11 @@ import warnings
 import optuna
 
 from trainer.errors import UsageError
-from trainer.search import pruner as median
 from trainer.experiment import grid as katib_grid
 from trainer.experiment import spec as ex
 from trainer.flags import format_value
+from trainer.search import pruner as median
+
 
 def distributions(e: ex.Experiment, grid: bool) -> dict:
     """Katib's Optuna service's distributions; a grid searches the exact Katib grid values."""

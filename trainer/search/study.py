@@ -23,11 +23,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trainer.errors import UsageError, first_line
+from trainer.experiment.vocabulary import (
+    EARLY_STOPPED,
+    FAILED_STATES,
+    FINISHED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WITH_OBJECTIVE,
+)
 from trainer.search import pruner as median
 from trainer.search import workers
 from trainer.search.plan import Plan
-from trainer.experiment.vocabulary import (EARLY_STOPPED, FAILED_STATES, FINISHED, PENDING, RUNNING, SUCCEEDED,
-                                           WITH_OBJECTIVE)
 
 DEFINITION_ATTR = "definition"  # study user attribute: Plan.definition of the run that began it
 INTERRUPTED = "Interrupted"  # stopped by the search itself: rerun, counted nowhere
@@ -190,8 +197,6 @@ def stop_message(plan: Plan, study: optuna.Study, reason: str) -> str:
         return (f"search failed: {failed} trials Failed or MetricsUnavailable, maxFailedTrialCount is "
                 f"{plan.max_failed}; Katib marks the Experiment Failed here")
     return f"done: {len(counted(study))} of {plan.max_trials} trials finished"
-
-
 
 
 def to_number(text: str) -> float | None:
