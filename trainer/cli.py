@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         elif not argv:  # a 20-epoch run on data/train.csv is never what a bare `trainer` means
             show_help(["--help"])
             raise SystemExit(2)
-        elif {"-h", "--help"} & set(argv[:3]) or (argv and argv[0] == "katib" and len(argv) == 1):
+        elif {"-h", "--help"} & set(argv[:4]) or (argv and argv[0] == "katib" and len(argv) == 1):
             show_help(argv)
         else:
             dispatch(argv)
