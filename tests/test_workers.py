@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -120,7 +121,7 @@ def test_a_killed_workers_trial_is_run_again_by_another(tmp_path, fake_trainer, 
 
 
 @pytest.mark.parametrize("url, says", [
-    ("postgresql+pg8000://search:s3cret@127.0.0.1:1/search", "its database driver is not installed: pip install '.[postgres]'"),
+    ("postgresql+pg8000://search:s3cret@127.0.0.1:1/search", "its database driver is not installed: pip install 'kobart-tune[postgres]'"),
     ("postgresql://search:s3cret@127.0.0.1:1/search", "--storage postgresql://search:***@127.0.0.1:1/search: "),
 ])
 def test_a_server_url_that_cannot_open_is_one_line_without_its_password(tmp_path, fake_trainer, url, says):
@@ -192,3 +193,11 @@ def test_a_trial_another_worker_failed_as_stale_stops_here_without_a_traceback(t
     assert "another worker found its heartbeat stale" in stdout
     states = [search_study.katib_state(t) for t in load(postgres_url, "fake-late").trials]
     assert states == [search_study.INTERRUPTED, "Succeeded", "Succeeded"]
+
+
+def test_a_journal_file_or_a_bare_path_is_one_line():
+    tpe = Path(__file__).resolve().parents[1] / "manifests/experiments/tpe.yaml"
+    result = subprocess.run([*TRAINER, "search", str(tpe), "--smoke",
+                             "--storage", "journal.log"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "'journal.log' is not a database URL" in result.stderr and "journal files are not supported" in result.stderr

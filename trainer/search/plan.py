@@ -161,7 +161,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         overrides=overrides,
         smoke=smoke,
         output_dir=out,
-        storage=storage or f"sqlite:///{out / 'study.db'}",
+        storage=workers.checked_url(storage) if storage else f"sqlite:///{out / 'study.db'}",
         cache_dir=config.default_cache_dir(),
         entrypoint=entrypoint(ex.template_argv(e)[0]),
         notes=notes + space.ignored_settings(e.algorithm),

@@ -28,6 +28,7 @@ import threading
 
 import optuna
 
+from trainer import install_hint
 from trainer.errors import UsageError, first_line
 
 HEARTBEAT_ENV = "TRAINER_SEARCH_HEARTBEAT"  # seconds between a trial's heartbeats (default 10)
@@ -38,6 +39,17 @@ _opened: dict[str, optuna.storages.RDBStorage] = {}  # URL -> the storage this p
 
 def is_server(url: str) -> bool:
     return "://" in url and not url.startswith("sqlite:")
+
+
+def checked_url(url) -> str:
+    """--storage as a database URL, or one line: a bare path (an Optuna journal file, a typo) is refused,
+    because the shared budget and the schema are reserved with the database's locks."""
+    url = str(url)
+    if "://" not in url:
+        raise UsageError(f"--storage={url!r} is not a database URL: use sqlite:///FILE.db (one machine) or "
+                         "postgresql://USER:PASSWORD@HOST/DB (several); Optuna's journal files are not supported "
+                         "(the shared trial budget is reserved with the database's locks)")
+    return url
 
 
 def driver_url(url: str) -> str:
@@ -80,7 +92,7 @@ def storage(url: str):
                     grace_period=GRACE_BEATS * beat, heartbeat_stale_trial_callback=requeue)
         except ImportError:
             raise UsageError(f"--storage {shown(url)}: its database driver is not installed: "
-                             "pip install '.[postgres]' (psycopg 3)") from None
+                             f"{install_hint('postgres')} (psycopg 3)") from None
         except Exception as error:  # sqlalchemy's OperationalError and kin: no server, wrong password
             raise UsageError(f"--storage {shown(url)}: {shown(first_line(error))}") from None
     return _opened[url]
