@@ -123,3 +123,16 @@ def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(
               if " rouge_avg=" in line and " final_" not in line]
     assert epochs == ["1", "2", "3", "4", "5", "6"] and evaluated >= 1  # the whole history, each epoch once
     assert (tmp_path / "katib").glob("*.pid") and "completed" in next((tmp_path / "katib").glob("*.pid")).read_text()
+
+
+def test_only_a_shell_command_parent_makes_the_trainer_follow_it():
+    """Katib's `sh -c` wrapper: yes; a terminal's `nohup trainer &` or trainer search (Python): no."""
+    from trainer.run.callbacks import run_by_shell_command
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 30; true"])
+    try:
+        assert run_by_shell_command(shell.pid)
+    finally:
+        shell.kill()
+        shell.wait()
+    assert not run_by_shell_command(os.getpid())

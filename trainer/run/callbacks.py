@@ -151,10 +151,13 @@ def sigterm_when_parent_dies() -> None:
     """Katib's metrics collector runs the trainer as `sh -c "trainer ... 1>metrics.log 2>&1 || ..."`
     (pkg/webhook/v1beta1/pod/utils.go, wrapWorkerContainer): the kubelet's SIGTERM at an eviction
     reaches that shell, which ends without passing it on, and the trainer would run on to the
-    SIGKILL without its checkpoint. The kernel sends SIGTERM when the parent ends instead."""
+    SIGKILL without its checkpoint. The kernel sends SIGTERM when the parent ends instead.
+    Only under such a `sh -c` parent: `nohup trainer ... &` from a terminal must outlive its shell."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
+    if not run_by_shell_command(parent):
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
@@ -163,6 +166,16 @@ def sigterm_when_parent_dies() -> None:
         return
     if os.getppid() != parent:  # the parent ended before the kernel was asked
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_by_shell_command(pid: int) -> bool:
+    """Whether process `pid` is a non-interactive shell running a command line (`sh -c ...`)."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 1 and os.path.basename(argv[0]).decode(errors="replace") in ("sh", "bash", "dash") \
+        and argv[1] == b"-c"
 
 
 def watch_sigterm(sigterm: dict) -> None:
