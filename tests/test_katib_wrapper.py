@@ -129,10 +129,14 @@ def test_only_a_shell_command_parent_makes_the_trainer_follow_it():
     """Katib's `sh -c` wrapper: yes; a terminal's `nohup trainer &` or trainer search (Python): no."""
     from trainer.run.callbacks import run_by_shell_command
 
-    shell = subprocess.Popen(["sh", "-c", "sleep 30; true"])
+    # Popen returns once the child calls exec, a moment before the kernel shows its new argv: the
+    # shell's first line says it runs its script.
+    shell = subprocess.Popen(["sh", "-c", "echo ready; sleep 30; true"], stdout=subprocess.PIPE)
     try:
+        assert shell.stdout.readline() == b"ready\n"
         assert run_by_shell_command(shell.pid)
     finally:
         shell.kill()
         shell.wait()
+        shell.stdout.close()
     assert not run_by_shell_command(os.getpid())
