@@ -1,5 +1,6 @@
 """The local search's early-stopping rules: asha's rungs fall on the epochs they name (step =
-epoch number), the rule is picked by name with Katib's medianstop as the Experiment's own."""
+epoch number) and it is the default where the trials train; the rule is picked by name, with
+Katib's medianstop as the Experiment's own."""
 
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ def experiment(early_stopping: bool = True) -> ex.Experiment:
     return ex.parse_experiment(document, "test.yaml")
 
 
-def run_trial(study, pruner, values: list[float]) -> int | None:
-    """Report values after epochs 1, 2, ... as the runner does; the epoch it was stopped at, or None."""
+def run_trial(study, pruner, values: list[float], epochs: int | None = None) -> int | None:
+    """Report values after epochs 1, 2, ... as the runner does; the epoch it was stopped at, or None.
+    `epochs`: the trial's num_train_epochs, as the runner records it."""
     trial = study.ask()
+    if epochs is not None:
+        trial.set_user_attr(median.EPOCHS_ATTR, epochs)
     space.on_trial_created(pruner, study, trial)
     for epoch, value in enumerate(values, 1):
         trial.report(value, step=epoch)
@@ -68,7 +72,7 @@ def test_stop_note_names_the_rule_and_rung():
 
 
 def test_medianstop_rule_is_frozen_at_creation_and_judges_from_start_step():
-    pruner = space.make_pruner(experiment())  # the default: the Experiment's own medianstop
+    pruner = space.make_pruner(experiment(), "medianstop")  # the Experiment's own
     assert isinstance(pruner, median.MedianStopPruner) and (pruner.min_trials_required, pruner.start_step) == (2, 3)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     assert run_trial(study, pruner, [0.2, 0.4, 0.6, 0.8]) is None
@@ -82,8 +86,31 @@ def test_medianstop_rule_is_frozen_at_creation_and_judges_from_start_step():
         assert trial.should_prune() == (epoch == 3)  # judged from the 3rd evaluation on
 
 
+def test_asha_stops_nothing_at_a_trials_last_epoch():
+    pruner = space.make_pruner(experiment(), "asha")
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    assert run_trial(study, pruner, [0.9, 0.9, 0.9], epochs=3) is None
+    # worse at rung 1, but that evaluation is its last: it spent its budget and ends Succeeded ...
+    assert run_trial(study, pruner, [0.1], epochs=1) is None
+    assert study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert "completed_rung_0" in study.trials[1].system_attrs  # ... with its rung value kept for later trials
+    assert run_trial(study, pruner, [0.1, 0.1], epochs=2) == 1  # the same value with an epoch to go is stopped
+    assert run_trial(study, pruner, [0.95, 0.5, 0.1], epochs=3) is None  # rung 2 = its last epoch
+
+
+def test_the_default_rule_per_kind_of_experiment():
+    for stopping in (True, False):  # trials that train: asha, whatever the Experiment's earlyStopping
+        assert isinstance(space.make_pruner(experiment(early_stopping=stopping)), median.Asha)
+    decode = ex.parse_experiment(yaml.safe_load((MANIFESTS / "decode.yaml").read_text()), "decode.yaml")
+    assert decode.early_stopping is None and space.early_stopping_rule(decode) == "none"  # one report per trial
+    decode.early_stopping = experiment().early_stopping
+    assert space.early_stopping_rule(decode) == "medianstop"  # a decoding search keeps the Experiment's own rule
+    hyperband = experiment()
+    hyperband.algorithm.name = "hyperband"
+    assert space.early_stopping_rule(hyperband) == "none"  # its own rungs stop configurations
+
+
 def test_rules_by_name():
-    assert space.make_pruner(experiment(early_stopping=False)) is None  # no earlyStopping: nothing stopped
     assert isinstance(space.make_pruner(experiment(early_stopping=False), "asha"),
                       optuna.pruners.SuccessiveHalvingPruner)
     katib_defaults = space.make_pruner(experiment(early_stopping=False), "medianstop")
@@ -115,6 +142,7 @@ def test_smoke_search_with_asha_says_which_trials_stopped_at_which_rung(tmp_path
         note = trial.user_attrs[median.STOPPED_BY_ATTR]
         rung, epoch = map(int, re.fullmatch(r"asha: stopped at rung (\d) \((\d) epochs?\)", note).groups())
         assert (rung, epoch) in ((1, 1), (2, 3)) and epochs[-1] == epoch and rows[name]["stopped_by"] == note
+        assert epoch < trial.user_attrs[median.EPOCHS_ATTR]  # never at its last epoch: nothing left to save
         assert re.search(rf"^{trial.number}\s+{name}\s+EarlyStopped\s.*{re.escape(note)}", printed, re.M)
         # it was worse than every earlier trial at that rung (one in three goes on; below 3, the best)
         earlier = [t.intermediate_values[epoch] for t in study.trials[:trial.number] if epoch in t.intermediate_values]
@@ -126,8 +154,15 @@ def test_a_rerun_with_another_rule_is_refused(tmp_path, fake_trainer, capsys):
     path = write_experiment(tmp_path, "fake-rule", "grid", [discrete("learning_rate", "0.1", "0.2")], max_trials=1,
                             fixed=["--num_train_epochs=2"])
     out = tmp_path / "out"
-    search.search(str(path), output_dir=str(out))
-    with pytest.raises(UsageError, match="it was run with early stopping the Experiment's own, this run has asha"):
-        search.search(str(path), output_dir=str(out), max_trials=2, early_stopping="asha")
-    search.search(str(path), output_dir=str(out), max_trials=2)  # as before: resumes
-    assert states(load(out, "fake-rule")) == ["Succeeded", "Succeeded"]
+    search.search(str(path), output_dir=str(out))  # asha, the default where the trials train
+    with pytest.raises(UsageError, match=r"it was run with early stopping asha, this run has none "
+                                         r"\(--early_stopping asha continues it\)"):
+        search.search(str(path), output_dir=str(out), max_trials=2, early_stopping="none")
+    search.search(str(path), output_dir=str(out), max_trials=2)  # as before: resumes, and asha stops the second
+    assert states(load(out, "fake-rule")) == ["Succeeded", "EarlyStopped"]
+    # a study begun with the Experiment's own rule (the default before asha) is not switched silently
+    old = tmp_path / "old"
+    search.search(str(path), output_dir=str(old), early_stopping="none")
+    with pytest.raises(UsageError, match=r"it was run with early stopping none, this run has asha "
+                                         r"\(--early_stopping none continues it\)"):
+        search.search(str(path), output_dir=str(old), max_trials=2)

@@ -125,7 +125,7 @@ def test_search_narrow_writes_a_next_experiment_that_checks_and_runs(tmp_path, f
     assert float(lr.max) == pytest.approx(min(0.5, max(top) + margin), rel=1e-5)
     assert not check.check_experiment(e).problems
     # The narrowed file runs as an Experiment of its own.
-    search.search(str(nxt), output_dir=str(tmp_path / "out2"), max_trials=2)
+    search.search(str(nxt), output_dir=str(tmp_path / "out2"), max_trials=2, early_stopping="none")
     assert states(load(tmp_path / "out2", "fake-coarse-stage2")) == ["Succeeded", "Succeeded"]
     # On the finished study, --narrow only writes the file.
     capsys.readouterr()

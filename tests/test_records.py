@@ -152,7 +152,7 @@ def experiment_with_metrics(folder: Path, name: str, fixed=()) -> Path:
 
 def test_dashboard_sees_the_objective_by_name_and_each_metric_as_a_number(tmp_path, fake_trainer, capsys):
     out = tmp_path / "out"
-    search.search(str(experiment_with_metrics(tmp_path, "fake-named")), output_dir=str(out))
+    search.search(str(experiment_with_metrics(tmp_path, "fake-named")), output_dir=str(out), early_stopping="none")
     study = load(out, "fake-named")
     assert study.metric_names == ["rouge_avg"]
     for trial in study.trials:
@@ -174,7 +174,7 @@ def test_dashboard_sees_the_objective_by_name_and_each_metric_as_a_number(tmp_pa
 def test_search_ends_saying_how_to_upload_offline_wandb_runs(tmp_path, fake_trainer, capsys):
     out = tmp_path / "out"
     search.search(str(experiment_with_metrics(tmp_path, "fake-wandb", fixed=["--report_to=wandb"])),
-                  output_dir=str(out))
+                  output_dir=str(out), early_stopping="none")
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("W&B: 2 offline runs; upload them with: wandb sync ")
     words = shlex.split(last.split(": ", 2)[-1])

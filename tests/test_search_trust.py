@@ -93,7 +93,7 @@ def test_trials_csv_has_a_row_per_trial_with_interval_and_epochs(tmp_path, fake_
     path = write_experiment(tmp_path, "fake-csv", "grid", lrs("0.1", "0.5"), max_trials=2,
                             fixed=["--num_train_epochs=2"])
     out = tmp_path / "out"
-    search.search(str(path), output_dir=str(out))
+    search.search(str(path), output_dir=str(out), early_stopping="none")
     with (out / "trials.csv").open(encoding="utf-8") as f:
         rows = {r["learning_rate"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"0.1", "0.5"}

@@ -43,9 +43,10 @@ def test_three_stages_run_locally_each_carrying_its_winner_into_the_next(tmp_pat
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
            "TRAINER_CACHE_DIR": str(tmp_path / "cache")}
     # 4 trials a stage, 32 training examples: the smallest run whose stage 1 separates its trials
-    # (at 2 trials both drew learning rates too low to leave the tiny model's copying, a tie).
+    # (at 2 trials both drew learning rates too low to leave the tiny model's copying, a tie). No early
+    # stopping: every trial runs to its end, so each one's metrics.json says what it trained with.
     result = subprocess.run(["sh", str(ROOT / "scripts/stages.sh"), str(tmp_path / "st"), "--smoke", "--max_trials=4",
-                             "--parallel=2", "--set=max_train_samples=32"], capture_output=True, text=True,
+                             "--parallel=2", "--set=max_train_samples=32", "--early_stopping=none"], capture_output=True, text=True,
                             env=env, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "staged search done" in result.stdout

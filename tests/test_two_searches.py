@@ -18,7 +18,7 @@ def test_two_searches_started_together_share_one_budget(tmp_path, fake_trainer, 
     path = write_experiment(tmp_path, "fake-twice", "random", [discrete("learning_rate", "0.1", "0.2", "0.3")],
                             max_trials=3, fixed=["--num_train_epochs=3"])
     out = tmp_path / "out"
-    command = [*TRAINER, "search", str(path), f"--output_dir={out}"]
+    command = [*TRAINER, "search", str(path), f"--output_dir={out}", "--early_stopping=none"]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in processes]

@@ -31,7 +31,9 @@ def learning_rate():
 
 
 def start(path, url, out):
-    return subprocess.Popen([*TRAINER, "search", str(path), f"--storage={url}", f"--output_dir={out}"],
+    # No early stopping: every trial runs its epochs, whichever worker reports first
+    return subprocess.Popen([*TRAINER, "search", str(path), f"--storage={url}", f"--output_dir={out}",
+                             "--early_stopping=none"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

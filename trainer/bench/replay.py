@@ -36,6 +36,7 @@ import optuna
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
 from trainer.search import hyperband, space
+from trainer.search import pruner as median
 
 SEEDS = 100
 # The shipped Experiments' sampler (manifests/experiments/tpe.yaml).
@@ -133,6 +134,7 @@ def replay_optuna(table: Table, algorithm: str, settings: dict, rule: str, stopp
     spent, reached, best, seen, curve, trials = 0, math.inf, -math.inf, {}, [], []
     while spent < table.budget:
         trial = study.ask(distributions)
+        trial.set_user_attr(median.EPOCHS_ATTR, table.epochs)  # as the runner does: the last epoch stops nothing
         space.on_trial_created(pruner, study, trial)
         point = tuple(trial.params[n] for n in table.values)
         values, pruned = [], False

@@ -39,9 +39,7 @@ def shipped_medianstop() -> dict | None:
 def named_settings(result: dict) -> tuple[str | None, str | None]:
     shipped = shipped_medianstop()
     katib = medianstop_name(shipped) if shipped else None
-    rule = space.DEFAULT_EARLY_STOPPING
-    if rule == "experiment":
-        return katib, katib
+    rule = space.DEFAULT_EARLY_STOPPING  # what `trainer search` runs on tpe.yaml, whose trials train
     return ("multivariate-tpe" if rule == "none" else f"multivariate-tpe+{rule}"), katib
 
 

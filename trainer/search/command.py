@@ -58,9 +58,10 @@ def search(path, name="", smoke=False, max_trials=None, parallel=None, storage="
             default: the visible ones. Each trial gets one (round-robin over the free ones), and
             parallel defaults to their number
         trials_per_gpu: trials that may share one GPU (default 1: more parallel than GPUs is refused)
-        early_stopping: medianstop (the Experiment's own rule, Katib's defaults without earlyStopping),
-            asha (successive halving: rungs after 1, 3, 9, ... epochs, a third go on; local only, Katib
-            has medianstop) or none; default: the Experiment's own earlyStopping
+        early_stopping: asha (successive halving: rungs after 1, 3, 9, ... epochs, a third go on; local
+            only), medianstop (the Experiment's own rule, as Katib runs it; Katib's defaults without
+            earlyStopping) or none; default: asha where the trials train, the Experiment's own rule for
+            a decoding search (its trials report once) and none for hyperband (its own rungs)
         narrow: write the next Experiment here when the search ends (NEXT.yaml): ranges and lists shrunk
             around the top trials, one-value parameters fixed, 15 trials; on a finished study it only writes it
         confirm: rerun the K best configurations with --seeds more seeds after the search (or on a finished

@@ -177,14 +177,13 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
 def hyperband_stopping(e: ex.Experiment, rule: str, asked, notes: list[str]) -> str:
     """hyperband stops configurations by its own rungs: asha is refused, the Experiment's medianstop
     not run (an EarlyStopped trial in a rung makes Katib's service fail)."""
-    if rule == "none":
-        return rule
-    if asked not in (None, ""):
+    if rule != "none":
         raise UsageError(f"--early_stopping={asked}: hyperband stops configurations by its own rungs; "
                          "use --early_stopping none (or another algorithm)")
-    notes.append("earlyStopping medianstop is not run with hyperband (Katib's hyperband service fails on an "
-                 "EarlyStopped trial in a rung)")
-    return "none"
+    if e.early_stopping is not None and asked in (None, ""):
+        notes.append("earlyStopping medianstop is not run with hyperband (Katib's hyperband service fails on an "
+                     "EarlyStopped trial in a rung)")
+    return rule
 
 
 def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> tuple[list[str], int]:
@@ -240,7 +239,7 @@ def study_definition(plan: Plan, settings: config.TrainConfig) -> dict:
                   "smoke": plan.smoke, "data": data}
     if settings.preset and Path(settings.preset).is_file():  # a stage's preset: another winner, another study
         definition["preset"] = fingerprint(Path(settings.preset))
-    if plan.early_stopping != space.early_stopping_rule(plan.experiment):  # recorded where not the default
+    if plan.early_stopping != space.experiment_rule(plan.experiment):  # recorded where not the Experiment's own
         definition["early_stopping"] = plan.early_stopping
     return definition
 

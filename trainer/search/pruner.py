@@ -35,6 +35,24 @@ ASHA_MIN_RESOURCE = 1
 ASHA_REDUCTION_FACTOR = 3
 
 
+EPOCHS_ATTR = "epochs_requested"  # user attribute: the epochs the trial runs (its num_train_epochs)
+
+
+class Asha(optuna.pruners.SuccessiveHalvingPruner):
+    """Successive halving: rungs after 1, 3, 9, ... epochs, a third of each rung goes on. The
+    evaluation after a trial's last epoch (EPOCHS_ATTR) still records its rung for the trials that
+    come later but stops nothing: the trial has spent its budget, and it ends Succeeded."""
+
+    def __init__(self):
+        super().__init__(min_resource=ASHA_MIN_RESOURCE, reduction_factor=ASHA_REDUCTION_FACTOR,
+                         min_early_stopping_rate=0, bootstrap_count=0)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        stop = super().prune(study, trial)
+        epochs = trial.user_attrs.get(EPOCHS_ATTR)
+        return stop and not (epochs is not None and trial.last_step is not None and trial.last_step >= epochs)
+
+
 def asha_rung(epoch: int) -> int:
     """The rung (1-based) judged after `epoch` epochs: the highest whose epochs it has reached."""
     rung = 0

@@ -163,7 +163,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
     fresh = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     epochs = parse_flags(argv).get("num_train_epochs")  # what this trial runs, smoke or not
-    attrs = {"trial_name": name, "trial_dir": str(folder), "epochs_requested": None if epochs is None else float(epochs)}
+    attrs = {"trial_name": name, "trial_dir": str(folder), median.EPOCHS_ATTR: None if epochs is None else float(epochs)}
     if gpu is not None:
         attrs["gpu"] = gpu
     for key, value in attrs.items():

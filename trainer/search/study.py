@@ -33,7 +33,7 @@ from trainer.experiment.vocabulary import (
     WITH_OBJECTIVE,
 )
 from trainer.search import pruner as median
-from trainer.search import workers
+from trainer.search import space, workers
 from trainer.search.plan import Plan
 
 DEFINITION_ATTR = "definition"  # study user attribute: Plan.definition of the run that began it
@@ -110,7 +110,7 @@ def open_study(plan: Plan, sampler, pruner) -> optuna.Study:
     if recorded is None:
         study.set_user_attr(DEFINITION_ATTR, plan.definition)
     elif comparable(recorded) != comparable(plan.definition):
-        raise UsageError(f"study {plan.experiment.name} in {workers.shown(plan.storage)}: {what_changed(recorded, plan.definition)}; "
+        raise UsageError(f"study {plan.experiment.name} in {workers.shown(plan.storage)}: {what_changed(recorded, plan.definition, space.experiment_rule(plan.experiment))}; "
                          "its trials cannot mix with this run's: start a new study with another --output_dir "
                          "(or --storage), or rerun as before")
     return study
@@ -124,8 +124,9 @@ def comparable(definition: dict) -> dict:
     return {**definition, "overrides": overrides}
 
 
-def what_changed(recorded: dict, now: dict) -> str:
-    """The first difference between the study's definition and this run's, in words."""
+def what_changed(recorded: dict, now: dict, own_rule: str) -> str:
+    """The first difference between the study's definition and this run's, in words; `own_rule` is
+    the Experiment's own early stopping, which a definition leaves out."""
     recorded, now = comparable(recorded), comparable(now)
     if recorded.get("smoke") != now.get("smoke"):
         return f"it was run {'with' if recorded.get('smoke') else 'without'} --smoke"
@@ -135,8 +136,9 @@ def what_changed(recorded: dict, now: dict) -> str:
         shown = lambda o: " ".join(f"--{k}={v}" for k, v in sorted((o or {}).items())) or "none"
         return f"it was run with --set {shown(recorded.get('overrides'))}, this run has {shown(now.get('overrides'))}"
     if recorded.get("early_stopping") != now.get("early_stopping"):
-        shown = lambda d: d.get("early_stopping") or "the Experiment's own"
-        return f"it was run with early stopping {shown(recorded)}, this run has {shown(now)}"
+        before = recorded.get("early_stopping") or own_rule
+        return (f"it was run with early stopping {before}, this run has {now.get('early_stopping') or own_rule} "
+                f"(--early_stopping {before} continues it)")
     old, new = recorded.get("data") or {}, now.get("data") or {}
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
