@@ -118,7 +118,7 @@ def set_double(name, **space):
 
 def add_arg(arg):
     def mutate(doc):
-        container(doc)["args"].append(arg)
+        ex.edit_trainer_args(container(doc), lambda args: [*args, arg])
     return mutate
 
 
@@ -310,7 +310,9 @@ BROKEN = [
      "spec.metricsCollectorSpec.collector.kind", "the trainer reports its metrics on stdout"),
     ("filter-one-group", one_group_filter, "metricsFormat", "needs two groups"),
     ("filter-misses-metrics", foreign_filter, "metricsFormat", "does not read rouge_avg"),
-    ("command-missing", no_command, "command", "spell out command: [trainer]"),
+    ("command-missing", no_command, "command", "spell out command: [sh, -c], args: [\"{ trap 'kill -TERM $p' TERM;\""),
+    ("command-other-shell", lambda d: container(d).update(args=["trainer --learning_rate=1e-4"]), "args",
+     "a sh -c trial command must be the trainer's trial shell"),
     ("command-launcher", lambda d: container(d).update(command=["torchrun", "-m", "trainer.cli"]), "command",
      "runs 'torchrun'"),
     ("unknown-flag", add_arg("--learning-rates=1"), "args", "unknown flag --learning_rates; did you mean "
@@ -380,6 +382,15 @@ def test_grid_double_axis_warns_with_katib_values(tmp_path, capsys):
     code, lines, err = run_check(tmp_path, doc, capsys)
     assert code == 0, lines
     assert "np.arange: 0.0, 0.05, 0.1, 0.15000000000000002, 0.2" in err
+
+
+def test_a_trainer_without_the_trial_shell_is_warned_about_evictions(tmp_path, capsys):
+    doc = good()
+    container(doc).update(command=["trainer"], args=container(doc)["args"][2:-1])  # the flags, no shell
+    code, lines, err = run_check(tmp_path, doc, capsys)
+    assert code == 0, lines
+    assert "the trainer runs right under Katib's sh -c, which an eviction's SIGTERM ends at once" in err
+    assert "warning" not in run_check(tmp_path, good(), capsys)[2]
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path):
@@ -477,9 +488,10 @@ def test_good_decode_passes(tmp_path, capsys):
 
 @pytest.mark.parametrize("change, fragment", [
     # evaluate's own flags: a training flag is refused, a typo gets evaluate's did-you-mean
-    (lambda d: container(d)["args"].append("--learning_rate=3e-5"),
+    (lambda d: ex.edit_trainer_args(container(d), lambda a: [*a, "--learning_rate=3e-5"]),
      "trainer evaluate does not take --learning_rate (a flag of training)"),
-    (lambda d: container(d)["args"].append("--min_new_token=5"), "did you mean --min_new_tokens?"),
+    (lambda d: ex.edit_trainer_args(container(d), lambda a: [*a, "--min_new_token=5"]),
+     "did you mean --min_new_tokens?"),
     # values fine alone, ignored by generate() together: one beam with a length penalty
     (lambda d: param(d, "num_beams")["feasibleSpace"].update(list=["4", "1"]),
      "num_beams=1 with length_penalty=0.5 is rejected by the trainer: --length_penalty=0.5 has no effect"),

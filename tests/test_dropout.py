@@ -46,8 +46,8 @@ def test_check_flags_a_searched_dropout_range_outside_0_1():
     spec["parameters"].append({"name": "dropout", "parameterType": "double",
                                "feasibleSpace": {"min": "0.0", "max": "1.0"}})
     spec["trialTemplate"]["trialParameters"].append({"name": "dropout", "reference": "dropout"})
-    spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["args"].append(
-        "--dropout=${trialParameters.dropout}")
+    ex.edit_trainer_args(spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0],
+                         lambda args: [*args, "--dropout=${trialParameters.dropout}"])
     findings = check.check_experiment(ex.parse_experiment(doc, "t.yaml"))
     assert [(f.field, f.message) for f in findings.problems] == [
         ("spec.parameters[dropout]", "value '1.0' is rejected by the trainer: --dropout=1.0 must be in [0, 1) "

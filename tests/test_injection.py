@@ -29,7 +29,7 @@ def experiment_with(reference: str, *, annotations=None, labels=None, namespace=
     if in_env:
         container.setdefault("env", []).append({"name": "NOTE", "value": "${trialParameters.note}"})
     else:
-        container["args"].append("--dialogue_column=${trialParameters.note}")
+        ex.edit_trainer_args(container, lambda args: [*args, "--dialogue_column=${trialParameters.note}"])
     return doc
 
 

@@ -104,11 +104,13 @@ def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(
     try:
         wait_for(lambda: log.exists() and " epoch=1 " in log.read_text(), 600, "the first evaluation")
         shell.send_signal(signal.SIGTERM)  # the kubelet signals the container's process: the shell
-        shell.wait(timeout=60)
-        wait_for(lambda: not running_trainers(tmp_path / "out"), 300, "the trainer to end after its shell")
+        shell.wait(timeout=300)
     finally:
+        # What containerd's shim does once the container's process ends in a pod that shares its
+        # process namespace: SIGKILL to whatever is left. The trial shell waited for the checkpoint.
         for pid in running_trainers(tmp_path / "out"):
             os.kill(pid, signal.SIGKILL)
+    assert shell.returncode != 0  # a retried pod, not a Succeeded trial
     text = log.read_text()
     assert "stopped by SIGTERM" in text, text[-2000:]
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
@@ -123,6 +125,53 @@ def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(
               if " rouge_avg=" in line and " final_" not in line]
     assert epochs == ["1", "2", "3", "4", "5", "6"] and evaluated >= 1  # the whole history, each epoch once
     assert (tmp_path / "katib").glob("*.pid") and "completed" in next((tmp_path / "katib").glob("*.pid")).read_text()
+
+
+STAND_IN = """import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+def stop(signum, frame):
+    time.sleep(1.5)  # the checkpoint takes a while
+    out.write_text("checkpoint")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("epoch=1", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("name", ["tpe.yaml", "grid.yaml"])
+def test_the_trial_shell_passes_sigterm_on_and_outlives_the_trainer(tmp_path, name):
+    """The runtime SIGKILLs what is left once the container's shell ends: the shell must end after
+    the trainer's checkpoint, with the trainer its one child (Katib's collector signals that child)."""
+    e = experiment(name)
+    (tmp_path / "katib").mkdir()
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    marker = tmp_path / "checkpoint"
+    command = ex.katib_container_command(e, [sys.executable, str(tmp_path / "stand_in.py"), str(marker)],
+                                         str(tmp_path / "katib"))
+    assert command[2].startswith(ex.SHELL_TRAP) and f"{ex.SHELL_WAIT} 1>" in command[2]
+    shell = subprocess.Popen(command, start_new_session=True)
+    log = tmp_path / "katib" / "metrics.log"
+    wait_for(lambda: log.exists() and "epoch=1" in log.read_text(), 60, "the stand-in to start")
+    assert len(children_of(shell.pid)) == 1  # the trainer alone, as Katib's early stopping requires
+    shell.send_signal(signal.SIGTERM)
+    code = shell.wait(timeout=60)
+    assert marker.read_text() == "checkpoint"  # written before the shell ended
+    assert code == (1 if e.early_stopping is not None else 143)  # with earlyStopping Katib's check ends in exit 1
+    assert not any(p.read_text().startswith("completed") for p in (tmp_path / "katib").glob("*.pid"))
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state: the parent's pid
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_only_a_shell_command_parent_makes_the_trainer_follow_it():

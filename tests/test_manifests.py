@@ -299,7 +299,8 @@ def test_trial_job_is_hardened_and_gets_one_gpu(experiments):
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         main = ex.primary_container(e)
-        assert main["name"] == "training-container" and main["command"] == ["trainer"]
+        assert main["name"] == "training-container" and ex.in_trial_shell(ex.container_argv(e))
+        assert ex.template_argv(e)[0] == "trainer"
         assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert {"cpu", "memory"} <= set(main["resources"]["requests"])
         context = main["securityContext"]

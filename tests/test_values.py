@@ -11,6 +11,7 @@ import yaml
 
 from trainer.errors import UsageError
 from trainer.experiment import check as check_module
+from trainer.experiment import spec as ex
 from trainer.run.config import build_config, check_output_dir
 
 TRAINER = [sys.executable, "-m", "trainer.cli"]
@@ -83,8 +84,8 @@ def test_check_finds_a_searched_seed_out_of_range(tmp_path, capsys):
     spec["parameters"].append({"name": "seed", "parameterType": "int",
                                "feasibleSpace": {"min": "0", "max": "5000000000"}})
     spec["trialTemplate"]["trialParameters"].append({"name": "seed", "reference": "seed"})
-    spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["args"].append(
-        "--seed=${trialParameters.seed}")
+    ex.edit_trainer_args(spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0],
+                         lambda args: [*args, "--seed=${trialParameters.seed}"])
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     with pytest.raises(SystemExit) as exit:

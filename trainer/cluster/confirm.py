@@ -67,7 +67,7 @@ def confirm_experiments(document: dict, rows: list, source: str, top=3, seeds=3)
                                             "description": "training seed (confirmation)"})
         for container in template["trialSpec"]["spec"]["template"]["spec"]["containers"]:
             if container.get("name") == template.get("primaryContainerName"):
-                container["args"] = with_flags(container.get("args") or [], {"seed": "${trialParameters.seed}"})
+                ex.edit_trainer_args(container, lambda args: with_flags(args, {"seed": "${trialParameters.seed}"}))
         narrow.set_budget(doc, len(seed_list))
         docs.append(doc)
         objective = "-" if row.objective is None else f"{row.objective:.4f}"

@@ -206,16 +206,25 @@ def check_trial_command(e: ex.Experiment, report: Report) -> None:
         if value is not None and not (isinstance(value, list) and all(isinstance(a, str) for a in value)):
             report.problem(f"{field}.{key}", f"must be a list of strings, e.g. [\"--seed=1\"] (got {value!r})")
             return
-    argv = ex.template_argv(e)
+    shell = f'command: [sh, -c], args: ["{ex.SHELL_TRAP}", trainer, --flag=value ..., "{ex.SHELL_WAIT}"]'
     if not container.get("command"):
-        report.problem(f"{field}.command", "missing: spell out command: [trainer] (Katib's collector rewrites "
-                                           "command+args into sh -c and would otherwise look the image "
-                                           "ENTRYPOINT up in the registry)")
+        report.problem(f"{field}.command", f"missing: spell out {shell} (Katib's collector rewrites command+args "
+                                           "into sh -c and would otherwise look the image ENTRYPOINT up in the registry)")
         return
+    raw = ex.container_argv(e)
+    if len(raw) > 1 and raw[1] == "-c" and not ex.in_trial_shell(raw):
+        report.problem(f"{field}.args", f"a {raw[0]} -c trial command must be the trainer's trial shell, {shell}, "
+                                        "which passes an eviction's SIGTERM on and waits for the checkpoint")
+        return
+    argv = ex.template_argv(e)
     if argv[0] != "trainer":
         report.problem(f"{field}.command", f"runs {argv[0]!r}: trials run the trainer itself, one process "
-                                           "(command: [trainer]; a launcher defeats early stopping)")
+                                           f"({shell}; a launcher defeats early stopping)")
         return
+    if not ex.in_trial_shell(raw):
+        report.warn(f"{field}.command", "the trainer runs right under Katib's sh -c, which an eviction's SIGTERM ends "
+                                        "at once; containerd then kills the trainer before it saves its checkpoint: "
+                                        f"use {shell}")
     command, args = ex.trial_command(argv)
     check_values(e, check_arguments(args, f"{field}.args", report, command), report)
 

@@ -266,14 +266,54 @@ def primary_container(experiment: Experiment) -> dict | None:
     return next((c for c in containers(experiment) if c.get("name") == name), None)
 
 
-def template_argv(experiment: Experiment) -> list[str]:
-    """The primary container's command + args, unsubstituted, as Katib's collector joins them."""
+# The shell each trial's trainer runs under: command: [sh, -c], args: [SHELL_TRAP, trainer, its
+# flags..., SHELL_WAIT]. Katib's StdOut collector keeps a given `sh -c`, joins the rest with spaces
+# and appends `1>metrics.log 2>&1 || ... && ...` (pkg/webhook/v1beta1/pod/utils.go,
+# wrapWorkerContainer); the braces take that redirect for the whole group. That shell is the
+# container's process: the kubelet's SIGTERM at an eviction goes to it, and once it ends the runtime
+# SIGKILLs what is left in the container (containerd's runc shim kills all when the pod shares its
+# process namespace, as Katib's collector makes it). So it passes SIGTERM on to the trainer, waits
+# again while the trainer saves its checkpoint, and ends with the trainer's exit status. The
+# trainer stays its one child, which Katib's collector signals to stop a trial early.
+SHELL_COMMAND = ["sh", "-c"]
+SHELL_TRAP = "{ trap 'kill -TERM $p' TERM;"
+SHELL_WAIT = "& p=$!; wait $p; s=$?; if kill -0 $p 2>/dev/null; then wait $p; s=$?; fi; (exit $s); }"
+
+
+def container_argv(experiment: Experiment) -> list[str]:
+    """The primary container's command + args as written, unsubstituted."""
     container = primary_container(experiment)
     if container is None:
         raise UsageError(f"{experiment.source}: {experiment.name}: trialTemplate has no primary container "
                          f"named {experiment.trial_template.primary_container_name if experiment.trial_template else ''!r}")
     command, args = container.get("command"), container.get("args")
     return [str(a) for a in _items(command)] + [str(a) for a in _items(args)]
+
+
+def in_trial_shell(argv: list[str]) -> bool:
+    """Whether a container's command + args are the trainer under SHELL_TRAP ... SHELL_WAIT."""
+    return len(argv) > 4 and argv[:2] == SHELL_COMMAND and argv[2] == SHELL_TRAP and argv[-1] == SHELL_WAIT
+
+
+def template_argv(experiment: Experiment) -> list[str]:
+    """The trainer's argv in the trial template, unsubstituted: command + args, without the trial shell."""
+    argv = container_argv(experiment)
+    return argv[3:-1] if in_trial_shell(argv) else argv
+
+
+def edit_trainer_args(container: dict, change) -> None:
+    """container["args"] with the trainer's own arguments (after the program, before SHELL_WAIT where
+    the trial shell is there) replaced by change(those arguments)."""
+    args = [str(a) for a in _items(container.get("args"))]
+    if in_trial_shell([str(a) for a in _items(container.get("command"))] + args):
+        container["args"] = [*args[:2], *change(args[2:-1]), args[-1]]
+    else:
+        container["args"] = change(args)
+
+
+def in_shell(argv: list[str]) -> list[str]:
+    """A trainer argv as the trial container's command + args (SHELL_TRAP ... SHELL_WAIT)."""
+    return [*SHELL_COMMAND, SHELL_TRAP, *argv, SHELL_WAIT]
 
 
 def meta_key(reference: str) -> str | None:
@@ -403,9 +443,12 @@ def active_deadline_s(experiment: Experiment) -> float | None:
 def katib_container_command(e: Experiment, argv: list[str], metrics_dir: str = "/var/log/katib") -> list[str]:
     """The command Katib's metrics-collector webhook gives the training container under the StdOut
     collector (pkg/webhook/v1beta1/pod/utils.go: wrapWorkerContainer, getEarlyStoppingCommand,
-    getMarkCompletedCommand), as the shell sees it once Kubernetes has turned `$$$$` into `$$`: the
+    getMarkCompletedCommand) for the trainer argv `argv`, in the Experiment's trial shell where its
+    template has one, as the shell sees it once Kubernetes has turned `$$$$` into `$$`: the
     arguments joined by spaces without quoting, all output into metrics.log, and with earlyStopping
     every failure turned into exit 1."""
+    if in_trial_shell(container_argv(e)):
+        argv = in_shell(argv)[2:]  # Katib keeps the given sh -c and joins the rest
     parts = [" ".join(argv), f"1>{metrics_dir}/metrics.log 2>&1"]
     if e.early_stopping is not None:
         parts += ["||", f"if test -f {metrics_dir}/$$.pid && [ $(head -n 1 {metrics_dir}/$$.pid) = early-stopped ]; "
