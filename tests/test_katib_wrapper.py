@@ -110,7 +110,7 @@ def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(
         for pid in running_trainers(tmp_path / "out"):
             os.kill(pid, signal.SIGKILL)
     text = log.read_text()
-    assert "stopped by SIGTERM" in text, text[-2000:]
+    assert "stopped by SIGTERM" in text and "the shell that ran it ended" in text, text[-2000:]
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
     assert checkpoints and (checkpoints[-1] / "trainer_state.json").is_file()
     evaluated = text.count(" rouge_avg=")
@@ -123,3 +123,44 @@ def test_sigterm_to_the_wrapper_leaves_a_checkpoint_and_the_retried_pod_resumes(
               if " rouge_avg=" in line and " final_" not in line]
     assert epochs == ["1", "2", "3", "4", "5", "6"] and evaluated >= 1  # the whole history, each epoch once
     assert (tmp_path / "katib").glob("*.pid") and "completed" in next((tmp_path / "katib").glob("*.pid")).read_text()
+
+
+def children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for task in tasks.iterdir() for c in (task / "children").read_text().split()]
+
+
+def test_katib_early_stopping_under_the_wrapper_ends_the_trial_without_a_resume_promise(tmp_path):
+    """As the collector does once a stop rule is met (cmd/metricscollector/v1beta1/file-metricscollector/
+    main.go): write "early-stopped" into <metrics dir>/<shell pid>.pid, then terminate the shell's one child."""
+    command = pod_command(experiment("tpe.yaml"), tmp_path, num_train_epochs="6", max_train_samples="96",
+                          max_eval_samples="8", epoch_eval_samples="8", num_beams="1",
+                          per_device_train_batch_size="16", early_stopping_patience="0", fp16="false")
+    log = tmp_path / "katib" / "metrics.log"
+    shell = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.exists() and " epoch=1 " in log.read_text(), 600, "the first evaluation")
+        (tmp_path / "katib" / f"{shell.pid}.pid").write_text("early-stopped")
+        [child] = children(shell.pid)
+        os.kill(child, signal.SIGTERM)
+        echoed, _ = shell.communicate(timeout=300)
+    finally:
+        for pid in running_trainers(tmp_path / "out"):
+            os.kill(pid, signal.SIGKILL)
+    assert shell.returncode == 0 and "Training Container was Early Stopped" in echoed  # Katib's own branch
+    text = log.read_text()
+    assert "trainer: stopped early at step" in text and "nothing resumes it" in text, text[-2000:]
+    assert "resumes from" not in text and "stopped by SIGTERM" not in text
+
+
+def test_the_stop_cause_reads_the_search_marker_and_a_gone_parent(tmp_path, monkeypatch):
+    from trainer.run import stop
+
+    marker = stop.marker_in(tmp_path)
+    monkeypatch.setenv(stop.STOP_MARKER_ENV, str(marker))
+    assert stop.cause(os.getppid()) == stop.UNKNOWN  # no marker, parent alive: Ctrl-C, kill, or no wrapper
+    assert stop.cause(os.getppid() + 100000) == stop.PARENT_GONE
+    stop.mark_early_stopped(tmp_path)
+    assert stop.cause(os.getppid()) == stop.EARLY
+    marker.write_text("completed\n")  # the word Katib's wrapper writes after a run that ended by itself
+    assert stop.cause(os.getppid()) == stop.UNKNOWN

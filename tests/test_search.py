@@ -249,6 +249,9 @@ def test_medianstop_stops_a_bad_trial_and_its_process_is_gone(tmp_path, fake_tra
     record = run_record(out, bad.user_attrs["trial_name"])
     assert "end" not in record  # it never reached its last epoch
     assert gone(record["pid"])
+    # Before its SIGTERM the search wrote the marker the trainer reads to say it was stopped early
+    assert Path(record["stop_marker"]).read_text().strip() == "early-stopped"
+    assert not Path(run_record(out, good[0].user_attrs["trial_name"])["stop_marker"]).exists()
 
 
 def test_parallel_trial_count_two_runs_two_processes_at_once(tmp_path, fake_trainer, monkeypatch, capsys):
