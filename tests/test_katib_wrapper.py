@@ -76,19 +76,22 @@ def test_a_usage_error_reaches_the_job_as_the_wrapper_ends(tmp_path, name, expec
     rules = e.trial_template.trial_spec["spec"]["podFailurePolicy"]["rules"]
     assert job_outcome(rules, exit_code=result.returncode, disrupted=False) == "FailJob"
     assert job_outcome(rules, exit_code=143, disrupted=True) == "Ignore"  # an evicted pod is retried
+    assert job_outcome(rules, exit_code=143, disrupted=False) == "FailJob"  # a pod deleted by hand is not
 
 
 def job_outcome(rules: list[dict], exit_code: int, disrupted: bool) -> str:
-    """Kubernetes' podFailurePolicy: the first rule that matches decides (Count when none does)."""
+    """Kubernetes' podFailurePolicy for a pod whose training container ended with `exit_code`
+    (pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy): the first rule that matches decides,
+    Count when none does; an exit code rule skips code 0, a condition rule needs the condition True."""
     for rule in rules:
         codes = rule.get("onExitCodes")
-        if codes is not None and codes.get("containerName") in (None, "training-container"):
-            inside = exit_code in codes["values"]
-            if inside == (codes["operator"] == "In"):
-                return rule["action"]
-        for condition in rule.get("onPodConditions") or []:
-            if condition["type"] == "DisruptionTarget" and disrupted:
-                return rule["action"]
+        if codes is not None:
+            if codes.get("containerName") in (None, "training-container") and exit_code != 0:
+                if (exit_code in codes["values"]) == (codes["operator"] == "In"):
+                    return rule["action"]
+        elif any(c["type"] == "DisruptionTarget" and c.get("status", "True") == "True" and disrupted
+                 for c in rule.get("onPodConditions") or []):
+            return rule["action"]
     return "Count"
 
 

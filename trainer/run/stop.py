@@ -50,9 +50,11 @@ def sigterm_line(why: str, step: int, output_dir: str) -> str:
         return (f"trainer: stopped early at step {step}: the Experiment's early-stopping rule ended this trial "
                 "(a decision, not a failure); nothing resumes it")
     if why == PARENT_GONE:
+        # A retried pod: the Job's podFailurePolicy ignores pods with DisruptionTarget (evicted, preempted);
+        # a pod deleted by hand gets no such condition and its exit 143 ends the Job
         return (f"trainer: stopped by SIGTERM at step {step}: the shell that ran it ended (Katib's wrapper at an "
-                f"eviction or a deleted pod); checkpoint saved in {output_dir}: a retried pod, or the same "
-                "command, resumes from it")
+                f"eviction, a preemption or a pod deletion); checkpoint saved in {output_dir}: the retried pod of "
+                "an eviction or preemption, or the same command, resumes from it")
     return (f"trainer: stopped by SIGTERM at step {step} (an eviction, a deleted pod, or Ctrl-C); checkpoint saved "
             f"in {output_dir}: the same command resumes from it, as a retried pod does")
 
