@@ -318,6 +318,34 @@ def test_best_gives_a_docker_line_and_a_preset_that_trains(kube, tmp_path):
     assert "rouge_avg=" in trained.stdout
 
 
+def test_best_fills_the_decoding_experiment_from_the_optimal_trial(kube, tmp_path):
+    server, env = kube
+    out = tmp_path / "decode.yaml"
+    result = run("katib", "best", NAME, f"--namespace={NS}", f"--output={tmp_path / 'best.yaml'}",
+                 f"--decode_experiment={out}", env=env, cwd=ROOT)  # the template: manifests/experiments/
+    assert result.returncode == 0, result.stderr
+    model = "/output/kobart-tpe-b8x2k9qd/best_model"  # the optimal trial's --output_dir, its kept model
+    assert result.stdout.splitlines()[-1] == (f"decoding Experiment: {out} (on {model}); "
+                                              f"submit it: trainer katib submit {out}")
+    [decoding] = load_experiments([out])
+    assert decoding.namespace == NS and decoding.name == "kobart-decode"
+    args = decoding.trial_template.trial_spec["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--model_name_or_path={model}" in args and not any("TRAINING-TRIAL" in a for a in args)
+    assert not check_all([decoding])[0].problems  # what `trainer katib submit` runs first
+    # A decoding search's best trial trained nothing: refused in one line, nothing written
+    served = yaml.safe_load(out.read_text())
+    decoded = {"num_beams": "4", "length_penalty": "1.0", "no_repeat_ngram_size": "2", "min_new_tokens": "0",
+               "repetition_penalty": "1.0"}
+    served["status"] = {"currentOptimalTrial": {
+        "bestTrialName": "kobart-decode-x1", "parameterAssignments": [{"name": k, "value": v} for k, v in decoded.items()],
+        "observation": {"metrics": metrics(rouge_avg=("0.40", "0.42", "0.41"))}}}
+    server.add(served)
+    again = run("katib", "best", "kobart-decode", f"--namespace={NS}", f"--output={tmp_path / 'b.yaml'}",
+                f"--decode_experiment={tmp_path / 'again.yaml'}", env=env, cwd=ROOT)
+    assert "is a decoding search: its trials train no model" in error_line(again)
+    assert not (tmp_path / "again.yaml").exists()
+
+
 def test_best_without_an_optimal_trial_says_so(kube):
     server, env = kube
     fresh = tpe_experiment()

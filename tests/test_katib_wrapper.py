@@ -76,19 +76,22 @@ def test_a_usage_error_reaches_the_job_as_the_wrapper_ends(tmp_path, name, expec
     rules = e.trial_template.trial_spec["spec"]["podFailurePolicy"]["rules"]
     assert job_outcome(rules, exit_code=result.returncode, disrupted=False) == "FailJob"
     assert job_outcome(rules, exit_code=143, disrupted=True) == "Ignore"  # an evicted pod is retried
+    assert job_outcome(rules, exit_code=143, disrupted=False) == "FailJob"  # a pod deleted by hand is not
 
 
 def job_outcome(rules: list[dict], exit_code: int, disrupted: bool) -> str:
-    """Kubernetes' podFailurePolicy: the first rule that matches decides (Count when none does)."""
+    """Kubernetes' podFailurePolicy for a pod whose training container ended with `exit_code`
+    (pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy): the first rule that matches decides,
+    Count when none does; an exit code rule skips code 0, a condition rule needs the condition True."""
     for rule in rules:
         codes = rule.get("onExitCodes")
-        if codes is not None and codes.get("containerName") in (None, "training-container"):
-            inside = exit_code in codes["values"]
-            if inside == (codes["operator"] == "In"):
-                return rule["action"]
-        for condition in rule.get("onPodConditions") or []:
-            if condition["type"] == "DisruptionTarget" and disrupted:
-                return rule["action"]
+        if codes is not None:
+            if codes.get("containerName") in (None, "training-container") and exit_code != 0:
+                if (exit_code in codes["values"]) == (codes["operator"] == "In"):
+                    return rule["action"]
+        elif any(c["type"] == "DisruptionTarget" and c.get("status", "True") == "True" and disrupted
+                 for c in rule.get("onPodConditions") or []):
+            return rule["action"]
     return "Count"
 
 
@@ -189,3 +192,39 @@ def test_only_a_shell_command_parent_makes_the_trainer_follow_it():
         shell.wait()
         shell.stdout.close()
     assert not run_by_shell_command(os.getpid())
+
+
+def test_katib_early_stopping_under_the_wrapper_ends_the_trial_without_a_resume_promise(tmp_path):
+    """As the collector does once a stop rule is met (cmd/metricscollector/v1beta1/file-metricscollector/
+    main.go): write "early-stopped" into <metrics dir>/<shell pid>.pid, then terminate the shell's one child."""
+    command = pod_command(experiment("tpe.yaml"), tmp_path, num_train_epochs="6", max_train_samples="96",
+                          max_eval_samples="8", epoch_eval_samples="8", num_beams="1",
+                          per_device_train_batch_size="16", early_stopping_patience="0", fp16="false")
+    log = tmp_path / "katib" / "metrics.log"
+    shell = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.exists() and " epoch=1 " in log.read_text(), 600, "the first evaluation")
+        (tmp_path / "katib" / f"{shell.pid}.pid").write_text("early-stopped")
+        [child] = children_of(shell.pid)
+        os.kill(child, signal.SIGTERM)
+        echoed, _ = shell.communicate(timeout=300)
+    finally:
+        for pid in running_trainers(tmp_path / "out"):
+            os.kill(pid, signal.SIGKILL)
+    assert shell.returncode == 0 and "Training Container was Early Stopped" in echoed  # Katib's own branch
+    text = log.read_text()
+    assert "trainer: stopped early at step" in text and "nothing resumes it" in text, text[-2000:]
+    assert "resumes from" not in text and "stopped by SIGTERM" not in text
+
+
+def test_the_stop_cause_reads_the_search_marker_and_a_gone_parent(tmp_path, monkeypatch):
+    from trainer.run import stop
+
+    marker = stop.marker_in(tmp_path)
+    monkeypatch.setenv(stop.STOP_MARKER_ENV, str(marker))
+    assert stop.cause(os.getppid()) == stop.UNKNOWN  # no marker, parent alive: Ctrl-C, kill, or no wrapper
+    assert stop.cause(os.getppid() + 100000) == stop.PARENT_GONE
+    stop.mark_early_stopped(tmp_path)
+    assert stop.cause(os.getppid()) == stop.EARLY
+    marker.write_text("completed\n")  # the word Katib's wrapper writes after a run that ended by itself
+    assert stop.cause(os.getppid()) == stop.UNKNOWN

@@ -255,6 +255,9 @@ def test_medianstop_stops_a_bad_trial_and_its_process_is_gone(tmp_path, fake_tra
     record = run_record(out, bad.user_attrs["trial_name"])
     assert "end" not in record  # it never reached its last epoch
     assert gone(record["pid"])
+    # Before its SIGTERM the search wrote the marker the trainer reads to say it was stopped early
+    assert Path(record["stop_marker"]).read_text().strip() == "early-stopped"
+    assert not Path(run_record(out, good[0].user_attrs["trial_name"])["stop_marker"]).exists()
 
 
 def test_parallel_trial_count_two_runs_two_processes_at_once(tmp_path, fake_trainer, monkeypatch, capsys):
@@ -713,7 +716,7 @@ def test_smoke_scales_epochs_keeping_their_order(tmp_path):
 
 def test_decode_search_runs_evaluate_and_an_explicit_model_wins_over_smoke(tmp_path):
     # The Experiment's model is a path inside the pod: refused here, with the way out.
-    with pytest.raises(UsageError, match=r"--model_name_or_path=/output/kobart-tpe-best/best_model: no such folder "
+    with pytest.raises(UsageError, match=r"--model_name_or_path=/output/TRAINING-TRIAL/best_model: no such folder "
                                          r"here.*--set=model_name_or_path="):
         search_plan.make_plan(MANIFESTS / "decode.yaml", "", False, None, None, "", {"eval_file": "builtin:sample"},
                          str(tmp_path))
@@ -735,7 +738,7 @@ def test_decode_search_runs_evaluate_and_an_explicit_model_wins_over_smoke(tmp_p
 
 def test_docker_line_carries_the_set_values_the_trials_ran_with(tmp_path):
     # A decode search on this machine's model: the line to copy must name that model (mounted into the
-    # container, and saying so), not the Experiment's placeholder /output/kobart-tpe-best/best_model.
+    # container, and saying so), not the Experiment's placeholder /output/TRAINING-TRIAL/best_model.
     model = tmp_path / "outputs" / "mydata-run" / "best_model"
     model.mkdir(parents=True)
     dev = tmp_path / "dev.csv"
@@ -751,7 +754,7 @@ def test_docker_line_carries_the_set_values_the_trials_ran_with(tmp_path):
         assert shown[flag] == ran[flag]
     assert shown["output_dir"] == "/output/kobart-decode-000"  # the container's folder, not this machine's
     line, note = results.docker_lines(plan, argv)
-    assert "/output/kobart-tpe-best" not in line
+    assert "/output/TRAINING-TRIAL" not in line
     assert f"-v {model}:/mnt/model_name_or_path:ro -v {dev}:/mnt/eval_file/dev.csv:ro trainer evaluate " in line
     flags = parse_flags(line.split())
     assert (flags["model_name_or_path"], flags["eval_file"]) == ("/mnt/model_name_or_path", "/mnt/eval_file/dev.csv")

@@ -13,8 +13,8 @@ Behaviour, from its flags:
   FAKE_STOP_AT=K (env)   its own early stopping ends it after epoch K (said in metrics.json)
   FAKE_SPREAD=S (env)    predictions.csv's per-example rouge_avg spread by S around the trial's value,
                          independently per learning rate (0: every example scores the trial's value)
-It writes run.json into --output_dir: its pid, argv, CUDA_VISIBLE_DEVICES (None when unset), start
-time, the epochs it trained, and end time (absent when killed). Like the trainer it resumes: each
+It writes run.json into --output_dir: its pid, argv, CUDA_VISIBLE_DEVICES (None when unset), the
+marker file the search writes before stopping it early (TRAINER_STOP_MARKER), start time, the epochs it trained, and end time (absent when killed). Like the trainer it resumes: each
 evaluated epoch's line goes to epochs.txt in --output_dir; a later run in that folder says
 "trainer: resuming from ...", reprints those lines and trains only the epochs after them;
 a finished run also writes metrics.json (epochs run) and predictions.csv (FAKE_EXAMPLES rows, 40).
@@ -27,6 +27,8 @@ import random
 import sys
 import time
 from datetime import datetime, timezone
+
+from trainer.run.report import resuming_line
 
 
 def save(folder: str, record: dict) -> None:
@@ -47,7 +49,8 @@ def main() -> int:
     folder = flags["output_dir"]
     os.makedirs(folder, exist_ok=True)
     record = {"pid": os.getpid(), "argv": sys.argv[1:], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-              "start": time.time(), "trained_epochs": []}
+              "start": time.time(), "trained_epochs": [],
+              "stop_marker": os.environ.get("TRAINER_STOP_MARKER")}
     save(folder, record)
     if flags.get("report_to") == "wandb":
         os.makedirs(os.path.join(folder, "wandb", f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"))
@@ -61,7 +64,7 @@ def main() -> int:
     print("fake trainer: training", flush=True)
     last = min(epochs, int(os.environ.get("FAKE_STOP_AT", epochs)))
     if done:
-        print(f"trainer: resuming from {folder}/checkpoint-{len(done) * 10}", file=sys.stderr, flush=True)
+        print(resuming_line(f"{folder}/checkpoint-{len(done) * 10}"), file=sys.stderr, flush=True)
         for line in done:
             print(line, flush=True)
     for epoch in range(len(done) + 1, last + 1 if seed != "14" else 1):

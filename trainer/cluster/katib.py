@@ -4,6 +4,7 @@
     trainer katib status kobart-tpe --watch         conditions, trials by state, optimal trial
     trainer katib trials kobart-tpe                 the same trial table as `trainer search`
     trainer katib best kobart-tpe --output best.yaml   docker run line + preset file
+    trainer katib best kobart-tpe --decode-experiment decode.yaml   + the decoding search on its model
 
 Reading follows what the Katib controllers write (kubeflow/katib, pkg/apis/controller and
 pkg/controller.v1beta1/experiment/util/status_util.go): Experiment status counts and
@@ -40,7 +41,9 @@ class Katib:
     submit PATH... [-n NS]                  create the Experiments (files, folders, kustomize folders, -)
     status EXPERIMENT [-n NS] [--watch]     conditions, trials by state, the optimal trial
     trials EXPERIMENT [-n NS]               the trial table (as `trainer search` prints it)
-    best EXPERIMENT [-n NS] [-o FILE]       docker run line + preset file of the optimal trial
+    best EXPERIMENT [-n NS] [-o FILE] [--decode_experiment OUT.yaml]
+                                            docker run line + preset file of the optimal trial (and
+                                            the decoding Experiment on the model it kept)
     narrow EXPERIMENT [-n NS] [-o FILE]     the next Experiment, focused around the best trials
     confirm EXPERIMENT [-n NS] [-o FILE]    Experiments rerunning the best configurations with other seeds
 
@@ -66,11 +69,15 @@ class Katib:
         """A table of the Experiment's trials: state, parameters, objective, duration."""
         trials(str(experiment), namespace=namespace, context=context)
 
-    def best(self, experiment, namespace=None, output=None, context=None, preset=None):
+    def best(self, experiment, namespace=None, output=None, context=None, preset=None, decode_experiment=None,
+             decode_template=None):
         """The optimal trial as a `docker run trainer ...` line and a preset file for `trainer --preset`
         (--output, default EXPERIMENT-best.yaml). --preset: a local copy of the preset its trials read (a
-        stage's, on the outputs volume), merged under the trial's own flags."""
-        best(str(experiment), namespace=namespace, output=output, context=context, preset=preset)
+        stage's, on the outputs volume), merged under the trial's own flags. --decode_experiment OUT.yaml:
+        also the decoding search on the model that trial kept (--decode_template, default
+        manifests/experiments/decode.yaml)."""
+        best(str(experiment), namespace=namespace, output=output, context=context, preset=preset,
+             decode_experiment=decode_experiment, decode_template=decode_template)
 
     def narrow(self, experiment, namespace=None, output=None, context=None):
         """The next Experiment (--output, default EXPERIMENT-stage2.yaml): ranges and lists shrunk around the
@@ -384,7 +391,9 @@ def trials(name: str, namespace=None, context=None) -> None:
 # ---------------------------------------------------------------- best
 
 
-def best(name: str, namespace=None, output=None, context=None, preset=None) -> None:
+def best(name: str, namespace=None, output=None, context=None, preset=None, decode_experiment=None,
+         decode_template=None) -> None:
+    from trainer.cluster import decode
     from trainer.search.results import docker_line, preset_flags, write_preset
 
     cluster, ns = connected(context, namespace)
@@ -403,6 +412,7 @@ def best(name: str, namespace=None, output=None, context=None, preset=None) -> N
            else f"trainer --preset {path.name} --train_file=... --eval_file=...")  # a decoding or a training trial
     if preset and not Path(str(preset)).is_file():
         raise UsageError(f"--preset={preset}: no such file (the local copy of the preset its trials read)")
+    model = decode.model_of(argv, trial_name, f"Experiment {ns}/{name}") if decode_experiment else None
     write_preset(path, preset_flags(argv, str(preset) if preset else None), comments=[
         f"Best trial {trial_name} of Katib Experiment {ns}/{name}: {score(experiment)}",
         f"Run it: {use} (explicit flags win)",
@@ -410,6 +420,11 @@ def best(name: str, namespace=None, output=None, context=None, preset=None) -> N
     print(f"best trial: {trial_name}  {score(experiment)}")
     print(docker_line(argv))
     print(f"preset: {path}")
+    if model:
+        written = decode.write(decode_experiment, decode_template or decode.TEMPLATE, model, ns, [
+            f"Decoding search on {model}: the model trial {trial_name} of Katib Experiment {ns}/{name} kept",
+            f"({score(experiment)}); written by trainer katib best {name} --decode_experiment={decode_experiment}"])
+        print(f"decoding Experiment: {written} (on {model}); submit it: trainer katib submit {written}")
     inherited = parse_flags(argv[1:]).get("preset", "")
     if inherited and not preset and not Path(inherited).is_file() and inherited not in PRESETS:  # a stage's, in the pod
         print(f"note: its trials also read --preset={inherited} (the outputs volume), not merged into {path}: "

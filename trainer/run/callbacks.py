@@ -147,25 +147,25 @@ def announced_early_stopping(config: TrainConfig, stopped: dict):
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def sigterm_when_parent_dies() -> None:
+def sigterm_when_parent_dies() -> int:
     """Katib's metrics collector runs the trainer as `sh -c "trainer ... 1>metrics.log 2>&1 || ..."`
     (pkg/webhook/v1beta1/pod/utils.go, wrapWorkerContainer): the kubelet's SIGTERM at an eviction
     reaches that shell, which ends without passing it on, and the trainer would run on to the
     SIGKILL without its checkpoint. The kernel sends SIGTERM when the parent ends instead.
-    Only under such a `sh -c` parent: `nohup trainer ... &` from a terminal must outlive its shell."""
-    if not sys.platform.startswith("linux"):
-        return
+    Only under such a `sh -c` parent: `nohup trainer ... &` from a terminal must outlive its shell.
+    Returns the parent's pid (stop.cause tells a gone parent by it)."""
     parent = os.getppid()
-    if not run_by_shell_command(parent):
-        return
+    if not sys.platform.startswith("linux") or not run_by_shell_command(parent):
+        return parent
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            return
+            return parent
     except (OSError, AttributeError):  # no libc prctl (a static or unusual runtime): as before
-        return
+        return parent
     if os.getppid() != parent:  # the parent ended before the kernel was asked
         os.kill(os.getpid(), signal.SIGTERM)
+    return parent
 
 
 def run_by_shell_command(pid: int) -> bool:

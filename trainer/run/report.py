@@ -34,6 +34,19 @@ FINAL_PREFIX = "final_"
 FINAL_METRIC_NAMES = tuple(FINAL_PREFIX + name for name in METRIC_NAMES)
 
 
+# The line a run prints (stderr) when it continues from a checkpoint; `trainer search` shows it per trial.
+RESUMING = "trainer: resuming from "
+
+
+def resuming_line(checkpoint) -> str:
+    return f"{RESUMING}{checkpoint}"
+
+
+def resumed_from(line: str) -> str | None:
+    """The checkpoint a resuming line names, else None."""
+    return line[len(RESUMING):] if line.startswith(RESUMING) else None
+
+
 class NonFiniteMetric(Exception):
     """A metric is nan/inf: Katib would record an empty value, so the trial must fail instead."""
 

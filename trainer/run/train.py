@@ -20,7 +20,7 @@ from pathlib import Path
 from trainer import install_hint
 from trainer.console import fail, warn
 from trainer.errors import UsageError
-from trainer.run import report
+from trainer.run import report, stop
 from trainer.run.callbacks import (
     TrainingDiverged,
     make_callbacks,
@@ -247,7 +247,7 @@ def prepare(config: TrainConfig):
 def run(config: TrainConfig, callbacks=()) -> None:
     """Train, evaluate every epoch, save; `callbacks` are extra TrainerCallbacks (the benchmark's probes)."""
     started = time.time()
-    sigterm_when_parent_dies()  # under Katib's `sh -c` wrapper an eviction's SIGTERM stops at the shell
+    parent = sigterm_when_parent_dies()  # under Katib's `sh -c` wrapper an eviction's SIGTERM stops at the shell
     check_output_dir(config.output_dir)  # before anything heavy loads
     quiet_libraries()
     train_split, eval_split, model_path, model_config = prepare(config)
@@ -271,7 +271,7 @@ def run(config: TrainConfig, callbacks=()) -> None:
     metrics_path = output_dir / "metrics.jsonl"
     resume_from = last_checkpoint(config.output_dir) if config.resume else None
     if resume_from:
-        print(f"trainer: resuming from {resume_from}", file=sys.stderr, flush=True)
+        print(report.resuming_line(resume_from), file=sys.stderr, flush=True)
         keep_records_of_checkpoint(metrics_path, Path(resume_from))
         reprint_records(metrics_path)
     elif metrics_path.exists():
@@ -301,11 +301,9 @@ def run(config: TrainConfig, callbacks=()) -> None:
     except TrainingDiverged as error:
         fail(str(error), EXIT_DIVERGED)
     if sigterm["seen"]:
-        # SIGTERM is an eviction or a deleted pod, Katib's early stopping, or `trainer search` stopping
-        # the trial (medianstop, asha, Ctrl-C): only the first is resumed, by a retried pod
-        print(f"trainer: stopped by SIGTERM at step {trainer.state.global_step} (an eviction, a deleted pod, "
-              f"or early stopping); checkpoint saved in {config.output_dir}: the same command resumes "
-              "from it, as a retried pod does", file=sys.stderr, flush=True)
+        # An eviction or a deleted pod is resumed by the retried pod; an early-stopping rule's stop is final
+        print(stop.sigterm_line(stop.cause(parent), trainer.state.global_step, config.output_dir),
+              file=sys.stderr, flush=True)
         raise SystemExit(EXIT_SIGTERM)
 
     with full_disk_is_one_line(output_dir / BEST_MODEL_DIR):

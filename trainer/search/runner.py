@@ -29,7 +29,7 @@ from trainer.console import say, warn
 from trainer.errors import UsageError
 from trainer.experiment.vocabulary import EARLY_STOPPED, FAILED, FINISHED, METRICS_UNAVAILABLE, SUCCEEDED
 from trainer.flags import parse_flags
-from trainer.run import report
+from trainer.run import report, stop
 from trainer.search import brackets, results, space, workers
 from trainer.search import pruner as median
 from trainer.search.plan import Plan, local_argv, omp_threads, trial_dir
@@ -46,7 +46,6 @@ from trainer.search.study import (
 
 STOP_GRACE_S = 30.0  # SIGTERM makes the trainer save a checkpoint, which takes a few seconds
 LEFTOVER_GRACE_S = 5.0
-RESUMING = "trainer: resuming from "  # the trainer's line when it continues from a checkpoint
 
 
 @dataclass
@@ -126,6 +125,7 @@ def signals_ignored():
 
 def trial_env(plan: Plan, argv: list[str], name: str, gpu: str | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env[stop.STOP_MARKER_ENV] = str(stop.marker_in(trial_dir(plan, name)))  # the trainer's last line reads it
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu  # the trial sees this one GPU, as its own device 0
     if "OMP_NUM_THREADS" not in os.environ:  # parallel trials on one CPU would fight over its cores
@@ -162,6 +162,7 @@ def start_trial(plan: Plan, study: optuna.Study, pruner, events: queue.Queue, gp
     folder = trial_dir(plan, name)
     fresh = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    stop.marker_in(folder).unlink(missing_ok=True)
     epochs = parse_flags(argv).get("num_train_epochs")  # what this trial runs, smoke or not
     attrs = {"trial_name": name, "trial_dir": str(folder), median.EPOCHS_ATTR: None if epochs is None else float(epochs)}
     if gpu is not None:
@@ -204,6 +205,8 @@ def signal_group(process: subprocess.Popen, sig: int) -> None:
 def terminate(run: Running, why: str) -> None:
     """SIGTERM, as Katib's collector and Kubernetes send; SIGKILL after STOP_GRACE_S."""
     run.stop = run.stop or why
+    if run.stop == EARLY_STOPPED:  # the trainer then says it was stopped early, not that it resumes
+        stop.mark_early_stopped(Path(run.trial.user_attrs["trial_dir"]))
     signal_group(run.process, signal.SIGTERM)
     run.kill_at = time.time() + STOP_GRACE_S
 
@@ -211,8 +214,9 @@ def terminate(run: Running, why: str) -> None:
 def handle_line(plan: Plan, run: Running, text: str) -> None:
     if text.strip():
         run.tail.append(text)
-    if text.startswith(RESUMING):
-        say(f"[{run.name}] resumed from {text[len(RESUMING):]}")
+    checkpoint = report.resumed_from(text)
+    if checkpoint is not None:
+        say(f"[{run.name}] resumed from {checkpoint}")
     if run.stop == EARLY_STOPPED:
         # Evaluations printed while the stopped trainer saves its checkpoint are not the trial's: on Katib
         # the collector kills the trainer when the rule is met, and the decision stands on what came before.
