@@ -156,6 +156,24 @@ def test_hyperband_replays_katibs_schedule(tmp_path):
         assert run.trials[3][0] == max(first, key=lambda p: TINY[p[0]][0])  # the best after one epoch
 
 
+def test_the_staged_route_searches_only_around_its_coarse_stages_top_trials(tmp_path):
+    """As `trainer search --narrow` writes the next stage: the values of the top 3 Succeeded coarse
+    trials (a one-value parameter fixed), recomputed here from the trials the replay ran."""
+    base, offset = {"a": 0.1, "b": 0.4, "c": 0.2, "d": 0.3}, {"p": 0.0, "q": 0.05}
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"configs": [{"params": {"x": x, "y": y}, "curve": [bx + oy + 0.01 * e for e in (1, 2, 3)]}
+                                            for x, bx in base.items() for y, oy in offset.items()]}))
+    table = replay.load_table(str(path))
+    for seed in range(1, 8):
+        run = replay.replay_staged(table, seed, table.best - 0.001, coarse=5)
+        coarse, focused = run.trials[:5], run.trials[5:]
+        done = [(max(table.curves[point]), -i, point) for i, (point, epochs) in enumerate(coarse) if epochs == 3]
+        top = [point for *_, point in sorted(done, reverse=True)[:3]]
+        assert top and focused
+        for point, _ in focused:
+            assert all(value in {t[k] for t in top} for k, value in enumerate(point)), (top, point)
+
+
 def test_spearman_per_epoch_against_ranks_by_hand(tmp_path):
     curves = {"a": [0.1, 0.5, 0.9], "b": [0.2, 0.4, 0.5], "c": [0.3, 0.6, 0.7], "d": [0.4, 0.3, 0.8]}
     table = replay.load_table(str(tiny_table(tmp_path, curves)))

@@ -35,12 +35,14 @@ import optuna
 
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.search import hyperband, space
+from trainer.experiment.vocabulary import EARLY_STOPPED, SUCCEEDED
+from trainer.search import hyperband, narrow, space
 from trainer.search import pruner as median
 
 SEEDS = 100
 # The shipped Experiments' sampler (manifests/experiments/tpe.yaml).
 SHIPPED_SAMPLER = ("multivariate-tpe", {"n_startup_trials": "8"})
+COARSE_TRIALS = 12  # the staged route's first stage: the tuning guide's 10-15 coarse trials
 
 
 @dataclasses.dataclass
@@ -123,38 +125,115 @@ def named_best(seen: dict[tuple, float], table: Table) -> float:
     return max(table.curves[point])
 
 
+@dataclasses.dataclass
+class Progress:
+    """What one replayed search has spent and seen so far."""
+    table: Table
+    target: float
+    spent: int = 0
+    reached: float = math.inf
+    best: float = -math.inf
+    seen: dict = dataclasses.field(default_factory=dict)
+    curve: list = dataclasses.field(default_factory=list)
+    trials: list = dataclasses.field(default_factory=list)
+
+    @property
+    def over(self) -> bool:
+        return self.spent >= self.table.budget
+
+    def evaluation(self, value: float) -> None:
+        self.spent += 1
+        self.best = max(self.best, value)
+        self.curve.append([self.spent, self.best])
+        if self.reached == math.inf and value >= self.target:
+            self.reached = self.spent
+
+    def run(self) -> Run:
+        return Run(self.reached, named_best(self.seen, self.table), self.curve, self.trials)
+
+
+def run_trial(progress: Progress, study: optuna.Study, pruner, distributions: dict, fixed: dict) -> tuple:
+    """One trial: study.ask() names the searched values (`fixed` the rest), its recorded values are
+    reported epoch by epoch until the pruner stops it or its curve ends; (point, its best, pruned)."""
+    table = progress.table
+    trial = study.ask(distributions)
+    trial.set_user_attr(median.EPOCHS_ATTR, table.epochs)  # as the runner does: the last epoch stops nothing
+    space.on_trial_created(pruner, study, trial)
+    point = tuple({**fixed, **trial.params}[n] for n in table.values)
+    values, pruned = [], False
+    for epoch, value in enumerate(table.curves[point], 1):
+        trial.report(value, step=epoch)
+        values.append(value)
+        progress.evaluation(value)
+        if progress.over:
+            break
+        if pruner is not None and trial.should_prune():
+            pruned = True
+            break
+    progress.seen[point] = max(progress.seen.get(point, -math.inf), max(values))
+    progress.trials.append((point, len(values)))
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, max(values))
+    return point, max(values), pruned
+
+
+def search_study(table: Table, algorithm: str, settings: dict, rule: str, stopping: dict | None, seed: int,
+                 distributions: dict) -> tuple[optuna.Study, object]:
+    e = experiment(algorithm, {**settings, "random_state": str(seed)}, stopping)
+    pruner = space.make_pruner(e, rule)
+    study = optuna.create_study(direction="maximize", sampler=space.make_sampler(e.algorithm, distributions, 1),
+                                pruner=pruner or optuna.pruners.NopPruner())
+    return study, pruner
+
+
+def table_distributions(values: dict[str, list[str]]) -> dict:
+    return {n: optuna.distributions.CategoricalDistribution(v) for n, v in values.items()}
+
+
 def replay_optuna(table: Table, algorithm: str, settings: dict, rule: str, stopping: dict | None,
                   seed: int, target: float) -> Run:
-    e = experiment(algorithm, {**settings, "random_state": str(seed)}, stopping)
-    distributions = {n: optuna.distributions.CategoricalDistribution(v) for n, v in table.values.items()}
-    sampler = space.make_sampler(e.algorithm, distributions, 1)
-    pruner = space.make_pruner(e, rule)
-    study = optuna.create_study(direction="maximize", sampler=sampler,
-                                pruner=pruner or optuna.pruners.NopPruner())
-    spent, reached, best, seen, curve, trials = 0, math.inf, -math.inf, {}, [], []
-    while spent < table.budget:
-        trial = study.ask(distributions)
-        trial.set_user_attr(median.EPOCHS_ATTR, table.epochs)  # as the runner does: the last epoch stops nothing
-        space.on_trial_created(pruner, study, trial)
-        point = tuple(trial.params[n] for n in table.values)
-        values, pruned = [], False
-        for epoch, value in enumerate(table.curves[point], 1):
-            trial.report(value, step=epoch)
-            values.append(value)
-            spent += 1
-            best = max(best, value)
-            curve.append([spent, best])
-            if reached == math.inf and value >= target:
-                reached = spent
-            if spent >= table.budget:
-                break
-            if pruner is not None and trial.should_prune():
-                pruned = True
-                break
-        seen[point] = max(seen.get(point, -math.inf), max(values))
-        trials.append((point, len(values)))
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, max(values))
-    return Run(reached, named_best(seen, table), curve, trials)
+    distributions = table_distributions(table.values)
+    study, pruner = search_study(table, algorithm, settings, rule, stopping, seed, distributions)
+    progress = Progress(table, target)
+    while not progress.over:
+        run_trial(progress, study, pruner, distributions, {})
+    return progress.run()
+
+
+@dataclasses.dataclass
+class Row:
+    """What narrow.top_rows reads of a trial."""
+    name: str
+    state: str
+    objective: float | None
+    params: dict
+
+
+def replay_staged(table: Table, seed: int, target: float, coarse: int = COARSE_TRIALS) -> Run:
+    """The tuning guide's staged route with the local default (multivariate-tpe + asha): `coarse`
+    trials over the whole space, then the space `trainer search --narrow` writes around their top
+    trials (search/narrow.py, the one-value parameters fixed), searched as a new study until the
+    grid's budget is spent."""
+    progress = Progress(table, target)
+    distributions = table_distributions(table.values)
+    study, pruner = search_study(table, *SHIPPED_SAMPLER, "asha", None, seed, distributions)
+    rows = []
+    for number in range(coarse):
+        if progress.over:
+            return progress.run()
+        point, value, pruned = run_trial(progress, study, pruner, distributions, {})
+        rows.append(Row(str(number), EARLY_STOPPED if pruned else SUCCEEDED, value, dict(zip(table.values, point))))
+    parameters = [{"name": n, "parameterType": "categorical", "feasibleSpace": {"list": v}}
+                  for n, v in table.values.items()]
+    whole = ex.parse_experiment({"metadata": {"name": "replay"}, "spec": {"parameters": parameters}}, "<replay>")
+    kept, fixed, _ = narrow.narrow_space(whole, narrow.top_rows(rows, maximize=True))
+    focused = table_distributions({p["name"]: [str(v) for v in p["feasibleSpace"]["list"]] for p in kept})
+    if not focused:  # every parameter fixed: the one configuration left, trained once
+        run_trial(progress, optuna.create_study(direction="maximize"), None, {}, fixed)
+        return progress.run()
+    study, pruner = search_study(table, *SHIPPED_SAMPLER, "asha", None, seed, focused)
+    while not progress.over:
+        run_trial(progress, study, pruner, focused, fixed)
+    return progress.run()
 
 
 def replay_hyperband(table: Table, seed: int, target: float, eta: float = hyperband.DEFAULT_ETA) -> Run:
@@ -196,7 +275,7 @@ def replay_hyperband(table: Table, seed: int, target: float, eta: float = hyperb
 
 def strategies(medianstop_grid: bool = True) -> dict:
     """Name -> (algorithm, settings, early-stopping rule, medianstop settings) for replay_optuna, or
-    "hyperband"."""
+    "hyperband" or "staged"."""
     found = {
         "random": ("random", {}, "none", None),
         "tpe": ("tpe", {}, "none", None),
@@ -204,6 +283,7 @@ def strategies(medianstop_grid: bool = True) -> dict:
         "random+asha": ("random", {}, "asha", None),
         "multivariate-tpe+asha": (*SHIPPED_SAMPLER, "asha", None),
         "hyperband (katib, retrained)": "hyperband",
+        f"staged: multivariate-tpe+asha, {COARSE_TRIALS} coarse trials, then narrowed": "staged",
     }
     if medianstop_grid:
         for start, least in itertools.product((1, 2, 3, 4, 5), (1, 2, 4)):
@@ -251,8 +331,9 @@ def replay(table: Table, seeds: int = SEEDS, medianstop_grid: bool = True, eps: 
         warnings.simplefilter("ignore")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         for name, how in strategies(medianstop_grid).items():
-            runs = [replay_hyperband(table, seed, target) if how == "hyperband"
-                    else replay_optuna(table, *how, seed, target) for seed in range(1, seeds + 1)]
+            replayed = {"hyperband": replay_hyperband, "staged": replay_staged}[how] if isinstance(how, str) else None
+            runs = [replayed(table, seed, target) if replayed else replay_optuna(table, *how, seed, target)
+                    for seed in range(1, seeds + 1)]
             result["strategies"][name] = figures(runs, table)
             result["curves"][name] = median_curve(runs, table.budget)
     result["spearman"] = spearman(table)
