@@ -224,3 +224,33 @@ def test_a_bad_table_gives_one_line_and_exit_2(tmp_path, content, expected):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_record_trains_real_trials_and_a_rerun_skips_them(tmp_path, monkeypatch):
+    """A 2-configuration grid of 2 epochs, the better one at one more seed: real trainer processes;
+    the table replays, and a rerun trains nothing (train() would raise)."""
+    from trainer.bench import record
+
+    monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(record, "GRID", {"learning_rate": ["1e-5", "1e-3"]})
+    monkeypatch.setattr(record, "EPOCHS", 2)
+    monkeypatch.setattr(record, "TOP", 1)
+    monkeypatch.setattr(record, "NOISE_SEEDS", (1,))
+    output = tmp_path / "table.json"
+    record.record(output=str(output), max_eval_samples=8)
+    table = json.loads(output.read_text())
+    assert [c["params"] for c in table["configs"]] == [{"learning_rate": "1e-5"}, {"learning_rate": "1e-3"}]
+    assert all(len(c["curve"]) == 2 and len(c["scores"]) == 8 for c in table["configs"])
+    best = max(table["configs"], key=lambda c: c["curve"][-1])
+    assert [(s["params"], s["seed"]) for s in table["seeds"]] == [(best["params"], 1)]
+    finals = [best["curve"][-1], table["seeds"][0]["curve"][-1]]
+    assert table["seed_noise"]["pooled_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5, abs=1e-5)
+    assert "trainer bench search record" in table["command"]
+    assert replay.load_table(str(output)).budget == 4
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(record, "train", no_training)
+    record.record(output=str(output), max_eval_samples=8)
+    assert json.loads(output.read_text())["configs"] == table["configs"]
