@@ -13,7 +13,7 @@ from test_search import MANIFESTS, discrete, load, write_experiment
 from test_search import fake_trainer as fake_trainer_fixture
 from trainer.errors import UsageError
 from trainer.search import command as search
-from trainer.search import noise, results
+from trainer.search import noise, plots, results
 from trainer.search import plan as search_plan
 
 fake_trainer = fake_trainer_fixture  # the same `trainer` stand-in on PATH
@@ -179,7 +179,7 @@ def test_plots_show_parameter_names_whole():
 
     import matplotlib
     import optuna
-    from optuna.visualization import matplotlib as plots
+    from optuna.visualization import matplotlib as optuna_plots
 
     matplotlib.use("Agg")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -190,11 +190,11 @@ def test_plots_show_parameter_names_whole():
                        + t.suggest_int("gradient_accumulation_steps", 1, 4), n_trials=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = plots.plot_parallel_coordinate(study)
+        axes = optuna_plots.plot_parallel_coordinate(study)
     figure = axes.figure
     names = sorted(study.best_params)
     assert any(label.get_text().endswith("...") for label in axes.get_xticklabels())  # Optuna cuts them
-    results.readable(figure, "parallel_coordinate", names)
+    plots.readable(figure, "parallel_coordinate", names)
     shown = [label.get_text() for label in figure.axes[0].get_xticklabels()]
     assert set(names) <= set(shown) and not any(text.endswith("...") for text in shown)
 
@@ -226,7 +226,7 @@ def test_plots_name_the_objective_order_numeric_categories_and_show_every_trial(
 
     monkeypatch.setattr(Figure, "savefig", kept)
     objectives = {t.number: value for t, (_, _, value) in zip(study.trials, drawn)}
-    saved = results.save_plots(study, tmp_path, "rouge_avg", objectives)
+    saved = plots.save_plots(study, tmp_path, "rouge_avg", objectives)
     assert [p.name for p in saved] == ["optimization_history.png", "param_importances.png", "parallel_coordinate.png"]
     assert all(p.stat().st_size > 0 for p in saved)
     history = figures["optimization_history"].axes[0]
