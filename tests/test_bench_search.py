@@ -80,6 +80,9 @@ def test_a_real_run_reports_what_its_studies_hold(tmp_path, monkeypatch, capsys)
         return [(t.user_attrs.get("objective"), len(t.intermediate_values)) for t in study.trials]
 
     grid, tpe = trials("bench-grid-0"), trials("bench-multivariate-tpe-1")
+    for name in ("bench-grid-0", "bench-multivariate-tpe-1"):  # each ran its Experiment's own rule, not asha
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'bench' / name / 'study.db'}")
+        assert "early_stopping" not in study.user_attrs["definition"]
     assert len(grid) == 2 and all(epochs == 1 for _, epochs in grid)  # 5 epochs -> 1 in smoke mode
     assert result["grid"]["best"] == max(v for v, _ in grid) and result["grid"]["trial_epochs"] == 2
     assert result["ratios"]["multivariate-tpe"] == pytest.approx(sum(e for _, e in tpe) / 2)

@@ -71,7 +71,10 @@ def run_search(document: dict, work: Path) -> list[tuple[float | None, int]]:
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     with open(work / f"{name}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-        search.search(str(path), smoke=True, max_trials=document["spec"]["maxTrialCount"], output_dir=str(work / name))
+        # The Experiment's own rule: none for the grid, medianstop for the others (not the local default)
+        rule = "medianstop" if document["spec"].get("earlyStopping") else "none"
+        search.search(str(path), smoke=True, max_trials=document["spec"]["maxTrialCount"], output_dir=str(work / name),
+                      early_stopping=rule)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / name / 'study.db'}")
     return [(t.user_attrs.get("objective"), len(t.intermediate_values)) for t in study.trials]
 
