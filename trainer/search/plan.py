@@ -175,8 +175,8 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
 
 
 def hyperband_stopping(e: ex.Experiment, rule: str, asked, notes: list[str]) -> str:
-    """hyperband stops configurations by its own rungs: asha is refused, the Experiment's medianstop
-    not run (an EarlyStopped trial in a rung makes Katib's service fail)."""
+    """hyperband stops configurations by its own rungs: any --early_stopping but none is refused, and
+    the Experiment's medianstop is not run (an EarlyStopped trial in a rung makes Katib's service fail)."""
     if rule != "none":
         raise UsageError(f"--early_stopping={asked}: hyperband stops configurations by its own rungs; "
                          "use --early_stopping none (or another algorithm)")
