@@ -143,11 +143,13 @@ def test_smoke_search_with_asha_says_which_trials_stopped_at_which_rung(tmp_path
         rung, epoch = map(int, re.fullmatch(r"asha: stopped at rung (\d) \((\d) epochs?\)", note).groups())
         assert (rung, epoch) in ((1, 1), (2, 3)) and epochs[-1] == epoch and rows[name]["stopped_by"] == note
         assert epoch < trial.user_attrs[median.EPOCHS_ATTR]  # never at its last epoch: nothing left to save
+        assert rows[name]["vs_best"] == ""  # it kept no model: nothing to pair with the best's examples
         assert re.search(rf"^{trial.number}\s+{name}\s+EarlyStopped\s.*{re.escape(note)}", printed, re.M)
         # it was worse than every earlier trial at that rung (one in three goes on; below 3, the best)
         earlier = [t.intermediate_values[epoch] for t in study.trials[:trial.number] if epoch in t.intermediate_values]
         assert trial.intermediate_values[epoch] < max(earlier)
     assert "early stopping: asha" in (out / "best.yaml").read_text()
+    assert "vs best: paired on the same examples (- for a trial stopped early: it kept no model)" in printed
 
 
 def test_a_rerun_with_another_rule_is_refused(tmp_path, fake_trainer, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 from trainer.console import say
 from trainer.errors import UsageError
 from trainer.experiment import spec as ex
-from trainer.experiment.vocabulary import FINISHED, SUCCEEDED, WITH_OBJECTIVE
+from trainer.experiment.vocabulary import EARLY_STOPPED, FINISHED, SUCCEEDED, WITH_OBJECTIVE
 from trainer.flags import format_value, parse_flags, with_flags
 from trainer.run import config
 from trainer.run.files import atomic_write
@@ -265,6 +265,8 @@ def rank(plan, rows: list[TrialRow], scores: dict) -> tuple[TrialRow | None, lis
     tied_names = set(noise.tied_with_best(scores.get(best.name), others, best.objective,
                                           {r.name: r.objective for r in scored}, plan.maximize))
     for row in scored:
+        if row.state == EARLY_STOPPED and row.name not in scores and row is not best and row.name not in tied_names:
+            continue  # stopped early, it kept no model: nothing to pair with the best's examples
         row.vs_best = "best" if row is best else "tie" if row.name in tied_names else "worse"
     return best, [r for r in scored if r.name in tied_names]
 
@@ -307,8 +309,10 @@ def show_results(plan, study, keep_models: bool) -> None:
     say(", ".join(f"{n} {s}" for s, n in tally.items() if n) or "no trials")
     if scores:
         size = len(next(iter(scores.values())).values)
+        unpaired = any(r.state == EARLY_STOPPED and r.vs_best is None for r in rows)
         say(f"95% interval: bootstrap over the {size} evaluation examples of each trial's kept model; "
-            "vs best: paired on the same examples")
+            "vs best: paired on the same examples" + (" (- for a trial stopped early: it kept no model)"
+                                                      if unpaired else ""))
     say(f"trials: {write_trials_csv(plan.output_dir / 'trials.csv', rows, plan.objective, names)}")
     if plan.smoke:
         say("(smoke run: the trials used the built-in tiny model and sample, their epochs as the epochs column "
