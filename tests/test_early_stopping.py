@@ -98,9 +98,23 @@ def test_asha_stops_nothing_at_a_trials_last_epoch():
     assert run_trial(study, pruner, [0.95, 0.5, 0.1], epochs=3) is None  # rung 2 = its last epoch
 
 
+def fixed_epochs(e: ex.Experiment) -> ex.Experiment:
+    """tpe.yaml with num_train_epochs fixed at 20 instead of searched."""
+    document = e.raw
+    document["spec"]["parameters"] = [p for p in document["spec"]["parameters"] if p["name"] != "num_train_epochs"]
+    template = document["spec"]["trialTemplate"]
+    template["trialParameters"] = [t for t in template["trialParameters"] if t["reference"] != "num_train_epochs"]
+    ex.edit_trainer_args(template["trialSpec"]["spec"]["template"]["spec"]["containers"][0],
+                         lambda args: [a if not a.startswith("--num_train_epochs=") else "--num_train_epochs=20"
+                                       for a in args])
+    return ex.parse_experiment(document, "fixed.yaml")
+
+
 def test_the_default_rule_per_kind_of_experiment():
-    for stopping in (True, False):  # trials that train: asha, whatever the Experiment's earlyStopping
-        assert isinstance(space.make_pruner(experiment(early_stopping=stopping)), median.Asha)
+    for stopping in (True, False):  # trials that train for the same epochs: asha, whatever the earlyStopping
+        assert isinstance(space.make_pruner(fixed_epochs(experiment(early_stopping=stopping))), median.Asha)
+        # num_train_epochs searched: a longer schedule is behind early by construction, so none
+        assert space.early_stopping_rule(experiment(early_stopping=stopping)) == "none"
     decode = ex.parse_experiment(yaml.safe_load((MANIFESTS / "decode.yaml").read_text()), "decode.yaml")
     assert decode.early_stopping is None and space.early_stopping_rule(decode) == "none"  # one report per trial
     decode.early_stopping = experiment().early_stopping

@@ -141,17 +141,15 @@ def test_smoke_search_of_each_manifest_finds_a_best_trial(manifest, tmp_path, sh
     assert "num_train_epochs N runs ceil(N/5) epochs (10/20/30 -> 2/4/6)" in printed
     experiment = ex.load_experiments([MANIFESTS / f"{manifest}.yaml"])[0]
     study = load(out, experiment.name)
-    # asha, the default, may stop the trial that is worse after epoch 1; the first to report goes on
-    assert "Succeeded" in states(study) and set(states(study)) <= {"Succeeded", "EarlyStopped"}
-    for trial, state in zip(study.trials, states(study)):
+    # they search num_train_epochs: no early stopping by default (a longer schedule is behind early)
+    assert "no early stopping by default: num_train_epochs is searched" in printed
+    assert states(study) == ["Succeeded", "Succeeded"]
+    for trial in study.trials:
         assert math.isfinite(trial.value)
         # a fifth of the Experiment's epochs, rounded up, each evaluated (unless the trainer's early
         # stopping, 3 evaluations without a better score, ended a flat trial sooner)
         epochs = math.ceil(float(trial.params["num_train_epochs"]) / 5)
         assert trial.user_attrs[median.EPOCHS_ATTR] == epochs
-        if state == "EarlyStopped":  # asha's SIGTERM came after epoch 1, before the trainer's summary
-            assert sorted(trial.intermediate_values) == [1] and epochs > 1
-            continue
         summary = json.loads((out / "trials" / trial.user_attrs["trial_name"] / "metrics.json").read_text())
         assert summary["hyperparameters"]["num_train_epochs"] == epochs
         assert (summary["stopped_early"] is None) == (summary["epochs_run"] == epochs)  # early means before the end

@@ -1,7 +1,8 @@
 """`trainer bench search [--table FILE]`: replay every strategy over a table, print and write the figures.
 
-`default` names what `trainer search manifests/experiments/tpe.yaml` does without --early_stopping
-(space.DEFAULT_EARLY_STOPPING), `katib_compatible` what the same file does on Katib (its medianstop).
+`default` names what `trainer search` does without --early_stopping on an Experiment of the table's
+space, its sampler tpe.yaml's (space.DEFAULT_EARLY_STOPPING: the trials train for the same epochs),
+`katib_compatible` what Katib does with tpe.yaml's medianstop.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def shipped_medianstop() -> dict | None:
 def named_settings(result: dict) -> tuple[str | None, str | None]:
     shipped = shipped_medianstop()
     katib = medianstop_name(shipped) if shipped else None
-    rule = space.DEFAULT_EARLY_STOPPING  # what `trainer search` runs on tpe.yaml, whose trials train
+    # what `trainer search` runs by default on an Experiment of the table's space: trials that train,
+    # all for the table's epochs
+    rule = space.DEFAULT_EARLY_STOPPING
     return ("multivariate-tpe" if rule == "none" else f"multivariate-tpe+{rule}"), katib
 
 

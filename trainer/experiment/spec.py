@@ -19,7 +19,7 @@ from typing import Any
 from trainer.errors import UsageError
 from trainer.experiment import vocabulary as vocab
 from trainer.experiment.safe_yaml import load_documents
-from trainer.flags import format_value
+from trainer.flags import format_value, parse_flags
 from trainer.run.report import KATIB_DEFAULT_FILTER
 
 PARAM_REF = re.compile(r"\$\{trialParameters\.(.+?)\}")
@@ -365,6 +365,14 @@ def trial_args(experiment: Experiment, assignment: dict[str, Any], trial_name: s
         return values[match.group(1)]
 
     return [PARAM_REF.sub(substitute, arg) for arg in argv]
+
+
+def searched_flags(e: Experiment) -> set[str]:
+    """Trainer flags whose argument carries a searched parameter."""
+    refs = {tp.name: tp.reference for tp in e.trial_template.trial_parameters or []}
+    params = {p.name for p in e.parameters}
+    return {flag for flag, value in parse_flags(template_argv(e)[1:]).items()
+            if any(refs.get(n) in params for n in PARAM_REF.findall(value))}
 
 
 def trial_command(argv: list[str]) -> tuple[str, list[str]]:

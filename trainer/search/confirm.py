@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from trainer.console import say
 from trainer.errors import UsageError
+from trainer.experiment import spec as ex
 from trainer.experiment.vocabulary import FINISHED, SUCCEEDED
 from trainer.flags import number_flag, parse_flags
 from trainer.run import config
@@ -99,14 +100,14 @@ def new_seeds(search_seed: int, count: int) -> list[int]:
 
 def check_options(plan, top, seeds) -> tuple[int, int]:
     """--confirm K --seeds N, refused before the search runs where they cannot work."""
-    from trainer.search.plan import searched_flags, trial_command
+    from trainer.search.plan import trial_command
 
     top = number_flag(top, "confirm")
     seeds = number_flag(3 if seeds is None else seeds, "seeds", 2)  # one seed has no spread to compare
     if trial_command(plan) != "train":
         raise UsageError(f"--confirm: {plan.experiment.name}'s trials run `trainer {trial_command(plan)}`, "
                          "which trains nothing: seeds do not change it")
-    if "seed" in searched_flags(plan.experiment):
+    if "seed" in ex.searched_flags(plan.experiment):
         raise UsageError(f"--confirm: {plan.experiment.name} searches seed itself; confirmation varies it")
     return top, seeds
 

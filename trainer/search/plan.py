@@ -113,6 +113,11 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
                          f"(trainer search runs: {', '.join(space.LOCAL_ALGORITHMS)})")
     notes = []
+    if early_stopping in (None, "") and rule == "none" and algorithm != "hyperband" \
+            and space.EPOCHS_FLAG in ex.searched_flags(e) and ex.trial_command(ex.template_argv(e))[0] == "train":
+        notes.append(f"no early stopping by default: {space.EPOCHS_FLAG} is searched, and a longer schedule "
+                     "(its warmup and decay stretched) is behind after its first epochs by construction; "
+                     "--early_stopping asha stops trials anyway")
     budget, source = None if max_trials is None else number_flag(max_trials, "max_trials"), "--max_trials"
     if budget is None:
         budget, source = e.max_trial_count, "maxTrialCount"
@@ -206,7 +211,7 @@ def gpu_plan(value, trials_per_gpu, parallel: int | None, notes: list[str]) -> t
 def refuse_searched_overrides(e: ex.Experiment, overrides: dict[str, str]) -> None:
     """A --set of a searched flag would replace every trial's value while the table, preset and
     docker line still showed the sampled one: refused."""
-    for flag in sorted(set(overrides) & searched_flags(e)):
+    for flag in sorted(set(overrides) & ex.searched_flags(e)):
         raise UsageError(f"--set {flag}: the Experiment searches {flag}, so each trial gets its own value (and "
                          f"the results would show that one); narrow its feasibleSpace in {e.source} instead "
                          "(a one-value list fixes it)")
@@ -286,7 +291,7 @@ def show_plan(plan: Plan) -> None:
         say(f"  smoke: {trial_command(plan)} of {applied.get('model_name_or_path')} on {applied.get('eval_file')}, "
             f"{applied.get('max_eval_samples', 'all')} examples")
     elif plan.smoke:
-        searched = "num_train_epochs" in searched_flags(e)
+        searched = "num_train_epochs" in ex.searched_flags(e)
         say(f"  smoke: {plan.overrides.get('model_name_or_path', builtin.TINY)} on {builtin.SAMPLE}, "
             f"{SMOKE_FLAGS['max_train_samples']}/"
             f"{SMOKE_FLAGS['max_eval_samples']} examples, num_beams 1, generation_max_length "
@@ -310,14 +315,6 @@ def show_plan(plan: Plan) -> None:
     say(f"  study: {e.name} in {workers.shown(plan.storage)}; trial outputs in {plan.output_dir / 'trials'}")
     for note in plan.notes:
         say(f"  note: {note}")
-
-
-def searched_flags(e: ex.Experiment) -> set[str]:
-    """Trainer flags whose argument carries a searched parameter."""
-    refs = {tp.name: tp.reference for tp in e.trial_template.trial_parameters or []}
-    params = {p.name for p in e.parameters}
-    return {flag for flag, value in parse_flags(ex.template_argv(e)[1:]).items()
-            if any(refs.get(n) in params for n in ex.PARAM_REF.findall(value))}
 
 
 def omp_threads(plan: Plan) -> int:
@@ -363,7 +360,7 @@ def trial_command(plan: Plan) -> str:
 def smoke_flags(plan: Plan) -> dict[str, str]:
     """The --smoke settings the trial command takes, leaving the searched flags to the sampler
     (a decoding search's num_beams stays searched)."""
-    accepted, searched = config.COMMAND_FLAGS[trial_command(plan)], searched_flags(plan.experiment)
+    accepted, searched = config.COMMAND_FLAGS[trial_command(plan)], ex.searched_flags(plan.experiment)
     return {k: v for k, v in SMOKE_FLAGS.items() if k in accepted and k not in searched}
 
 

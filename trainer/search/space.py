@@ -172,6 +172,7 @@ EARLY_STOPPING_RULES = ("medianstop", "asha", "none")
 # epoch): on the recorded table (trainer bench search, docs/performance.md) asha reaches the grid's
 # best in 0.094 of its trial-epochs at the median, the Experiments' medianstop in 0.122.
 DEFAULT_EARLY_STOPPING = "asha"
+EPOCHS_FLAG = "num_train_epochs"  # the resource the rules count in
 
 
 def experiment_rule(e: ex.Experiment) -> str:
@@ -180,16 +181,21 @@ def experiment_rule(e: ex.Experiment) -> str:
 
 
 def default_rule(e: ex.Experiment) -> str:
-    """DEFAULT_EARLY_STOPPING where the trials train; a decoding search's trials report once, so
-    nothing is there to stop early and its Experiment's own rule stands; hyperband stops
-    configurations by its own rungs."""
+    """DEFAULT_EARLY_STOPPING where the trials train for the same number of epochs. A decoding
+    search's trials report once, so nothing is there to stop early and its Experiment's own rule
+    stands. Where num_train_epochs is searched, none: warmup and decay stretch with a trial's epochs,
+    so a longer schedule is behind at epoch 1 by construction (seen: stage 2's best, 30 epochs,
+    stopped by asha at rung 1). hyperband stops configurations by its own rungs."""
     if e.algorithm is not None and e.algorithm.name == "hyperband":
         return "none"
     try:
         command = ex.trial_command(ex.template_argv(e))[0]
+        searched = ex.searched_flags(e)
     except UsageError:  # no trial container: refused later with its own line
         return experiment_rule(e)
-    return DEFAULT_EARLY_STOPPING if command == "train" else experiment_rule(e)
+    if command != "train":
+        return experiment_rule(e)
+    return "none" if EPOCHS_FLAG in searched else DEFAULT_EARLY_STOPPING
 
 
 def early_stopping_rule(e: ex.Experiment, rule: str | None = None) -> str:
