@@ -148,6 +148,11 @@ class Progress:
         if self.reached == math.inf and value >= self.target:
             self.reached = self.spent
 
+    def trained(self, point: tuple, values: list[float]) -> None:
+        """A trial of `point` ran these evaluations."""
+        self.seen[point] = max(self.seen.get(point, -math.inf), max(values))
+        self.trials.append((point, len(values)))
+
     def run(self) -> Run:
         return Run(self.reached, named_best(self.seen, self.table), self.curve, self.trials)
 
@@ -170,8 +175,7 @@ def run_trial(progress: Progress, study: optuna.Study, pruner, distributions: di
         if pruner is not None and trial.should_prune():
             pruned = True
             break
-    progress.seen[point] = max(progress.seen.get(point, -math.inf), max(values))
-    progress.trials.append((point, len(values)))
+    progress.trained(point, values)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, max(values))
     return point, max(values), pruned
 
@@ -241,11 +245,11 @@ def replay_hyperband(table: Table, seed: int, target: float, eta: float = hyperb
     spent; rung-0 configurations from the random sampler, promotions by hyperband.top_configurations;
     a retrain at r epochs replayed as the recorded curve's first r epochs."""
     e = experiment("random", {"random_state": str(seed)}, None)
-    distributions = {n: optuna.distributions.CategoricalDistribution(v) for n, v in table.values.items()}
+    distributions = table_distributions(table.values)
     study = optuna.create_study(direction="maximize", sampler=space.make_sampler(e.algorithm, distributions, 1))
     rungs = hyperband.schedule(table.epochs, eta)
-    spent, reached, best, seen, curve, trials = 0, math.inf, -math.inf, {}, [], []
-    while spent < table.budget:
+    progress = Progress(table, target)
+    while not progress.over:
         below: list = []
         for rung in rungs:
             if rung.index == 0:
@@ -260,17 +264,12 @@ def replay_hyperband(table: Table, seed: int, target: float, eta: float = hyperb
             for point in points:
                 values = table.curves[point][: rung.resource]
                 for value in values:
-                    spent += 1
-                    best = max(best, value)
-                    curve.append([spent, best])
-                    if reached == math.inf and value >= target:
-                        reached = spent
+                    progress.evaluation(value)
                 below.append((max(values), point))
-                seen[point] = max(seen.get(point, -math.inf), max(values))
-                trials.append((point, len(values)))
-                if spent >= table.budget:
-                    return Run(reached, named_best(seen, table), curve, trials)
-    return Run(reached, named_best(seen, table), curve, trials)
+                progress.trained(point, values)
+                if progress.over:
+                    return progress.run()
+    return progress.run()
 
 
 def strategies(medianstop_grid: bool = True) -> dict:

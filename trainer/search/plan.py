@@ -113,8 +113,7 @@ def make_plan(path, name, smoke, max_trials, parallel, storage, overrides, outpu
         raise UsageError(f"{e.source}: {e.name}: algorithm {algorithm!r} has no local equivalent in Optuna "
                          f"(trainer search runs: {', '.join(space.LOCAL_ALGORITHMS)})")
     notes = []
-    if early_stopping in (None, "") and rule == "none" and algorithm != "hyperband" \
-            and space.EPOCHS_FLAG in ex.searched_flags(e) and ex.trial_command(ex.template_argv(e))[0] == "train":
+    if early_stopping in (None, "") and algorithm != "hyperband" and space.epochs_searched(e):  # default_rule's none
         notes.append(f"no early stopping by default: {space.EPOCHS_FLAG} is searched, and a longer schedule "
                      "(its warmup and decay stretched) is behind after its first epochs by construction; "
                      "--early_stopping asha stops trials anyway")

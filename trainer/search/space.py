@@ -190,12 +190,16 @@ def default_rule(e: ex.Experiment) -> str:
         return "none"
     try:
         command = ex.trial_command(ex.template_argv(e))[0]
-        searched = ex.searched_flags(e)
     except UsageError:  # no trial container: refused later with its own line
         return experiment_rule(e)
     if command != "train":
         return experiment_rule(e)
-    return "none" if EPOCHS_FLAG in searched else DEFAULT_EARLY_STOPPING
+    return "none" if epochs_searched(e) else DEFAULT_EARLY_STOPPING
+
+
+def epochs_searched(e: ex.Experiment) -> bool:
+    """Whether each trial trains for its own sampled number of epochs."""
+    return EPOCHS_FLAG in ex.searched_flags(e)
 
 
 def early_stopping_rule(e: ex.Experiment, rule: str | None = None) -> str:
